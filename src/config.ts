@@ -1,0 +1,95 @@
+/**
+ * Every lifecycle constant of the broker, in one place (ARCHITECTURE.md "Time").
+ * Read from the environment with `Config`; tests keep the defaults and move
+ * `TestClock` instead of shortening anything.
+ */
+import { Config, Context, Duration, Effect, Layer } from "effect"
+
+export interface RelayConfigShape {
+  readonly heartbeatInterval: Duration.Duration
+  readonly heartbeatTimeout: Duration.Duration
+  readonly claimAckTimeout: Duration.Duration
+  readonly pendingTimeout: Duration.Duration
+  readonly runningTimeout: Duration.Duration
+  readonly inactiveRetention: Duration.Duration
+  readonly terminalRetention: Duration.Duration
+  readonly sweepInterval: Duration.Duration
+  readonly keepaliveInterval: Duration.Duration
+  readonly syncTimeout: Duration.Duration
+  /** How often waiters and actors re-check the database when no signal came. */
+  readonly pollInterval: Duration.Duration
+  readonly maxAttempts: number
+  readonly maxBodyBytes: number
+  /** Rows deleted per statement by the retention sweep. */
+  readonly retentionBatchSize: number
+}
+
+export const defaults: RelayConfigShape = {
+  heartbeatInterval: Duration.seconds(30),
+  heartbeatTimeout: Duration.seconds(90),
+  claimAckTimeout: Duration.seconds(30),
+  pendingTimeout: Duration.hours(1),
+  runningTimeout: Duration.minutes(30),
+  inactiveRetention: Duration.hours(4),
+  terminalRetention: Duration.days(7),
+  sweepInterval: Duration.seconds(15),
+  keepaliveInterval: Duration.seconds(15),
+  syncTimeout: Duration.seconds(600),
+  pollInterval: Duration.seconds(5),
+  maxAttempts: 3,
+  maxBodyBytes: 8 * 1024 * 1024,
+  retentionBatchSize: 1000
+}
+
+const duration = (name: string, fallback: Duration.Duration) =>
+  Config.duration(name).pipe(Config.withDefault(fallback))
+const integer = (name: string, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.validate({ message: `${name} must be a positive integer`, validation: (n) => n > 0 }),
+    Config.withDefault(fallback)
+  )
+
+/** Env names: RELAY_HEARTBEAT_TIMEOUT="90 seconds", RELAY_MAX_ATTEMPTS=3, … */
+export const fromEnv: Config.Config<RelayConfigShape> = Config.all({
+  heartbeatInterval: duration("RELAY_HEARTBEAT_INTERVAL", defaults.heartbeatInterval),
+  heartbeatTimeout: duration("RELAY_HEARTBEAT_TIMEOUT", defaults.heartbeatTimeout),
+  claimAckTimeout: duration("RELAY_CLAIM_ACK_TIMEOUT", defaults.claimAckTimeout),
+  pendingTimeout: duration("RELAY_PENDING_TIMEOUT", defaults.pendingTimeout),
+  runningTimeout: duration("RELAY_RUNNING_TIMEOUT", defaults.runningTimeout),
+  inactiveRetention: duration("RELAY_INACTIVE_RETENTION", defaults.inactiveRetention),
+  terminalRetention: duration("RELAY_TERMINAL_RETENTION", defaults.terminalRetention),
+  sweepInterval: duration("RELAY_SWEEP_INTERVAL", defaults.sweepInterval),
+  keepaliveInterval: duration("RELAY_KEEPALIVE_INTERVAL", defaults.keepaliveInterval),
+  syncTimeout: duration("RELAY_SYNC_TIMEOUT", defaults.syncTimeout),
+  pollInterval: duration("RELAY_POLL_INTERVAL", defaults.pollInterval),
+  maxAttempts: integer("RELAY_MAX_ATTEMPTS", defaults.maxAttempts),
+  maxBodyBytes: integer("RELAY_MAX_BODY_BYTES", defaults.maxBodyBytes),
+  retentionBatchSize: integer("RELAY_RETENTION_BATCH_SIZE", defaults.retentionBatchSize)
+})
+
+export class RelayConfig extends Context.Tag("llm-relay/RelayConfig")<RelayConfig, RelayConfigShape>() {
+  /** Defaults overridden by the environment. */
+  static readonly layer = Layer.effect(this, fromEnv)
+  /** The documented defaults, untouched by the environment (tests). */
+  static readonly layerDefaults = Layer.succeed(this, defaults)
+  static readonly layerWith = (overrides: Partial<RelayConfigShape>) =>
+    Layer.succeed(this, { ...defaults, ...overrides })
+}
+
+/** `now - duration` as a Date, for cutoffs passed to SQL. */
+export const cutoff = (nowMillis: number, duration: Duration.Duration): Date =>
+  new Date(nowMillis - Duration.toMillis(duration))
+
+/** The current time from `Clock`, as a Date for SQL parameters. */
+export const now: Effect.Effect<Date> = Effect.clockWith((clock) =>
+  Effect.map(clock.currentTimeMillis, (ms) => new Date(ms))
+)
+
+/**
+ * This broker process. Publisher sessions record the instance that serves
+ * their stream, so a restarted broker can tell which held tasks lost their
+ * holder.
+ */
+export class InstanceId extends Context.Tag("llm-relay/InstanceId")<InstanceId, string>() {
+  static readonly layer = Layer.sync(this, () => `instance-${globalThis.crypto.randomUUID()}`)
+}

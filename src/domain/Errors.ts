@@ -1,0 +1,58 @@
+/**
+ * Errors every part of the broker can raise. Each is a `Schema.TaggedError`
+ * whose tag is the protocol's error `type` and whose status annotation is the
+ * HTTP status it maps to (PROTOCOL.md "Common rules"). Concept-specific errors
+ * live beside their concept (`Llm.ts`, `Task.ts`, …).
+ */
+import { HttpApiSchema } from "@effect/platform"
+import { ParseResult, Schema } from "effect"
+
+export class BadRequest extends Schema.TaggedError<BadRequest>()(
+  "BadRequest",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 400 })
+) {}
+
+export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
+  "Unauthorized",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 401 })
+) {}
+
+export class Forbidden extends Schema.TaggedError<Forbidden>()(
+  "Forbidden",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 403 })
+) {}
+
+export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()(
+  "PayloadTooLarge",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 413 })
+) {}
+
+export class NotFound extends Schema.TaggedError<NotFound>()(
+  "NotFound",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 404 })
+) {}
+
+/**
+ * A schema failure as one sentence that names the field, e.g.
+ * `providers[0].name: Expected a string matching …`.
+ */
+export const describeParseError = (error: ParseResult.ParseError): string => {
+  const issues = ParseResult.ArrayFormatter.formatErrorSync(error)
+  return issues
+    .slice(0, 3)
+    .map((issue) => {
+      const path = issue.path
+        .map((key, i) => (typeof key === "number" ? `[${key}]` : i === 0 ? String(key) : `.${String(key)}`))
+        .join("")
+      return path.length > 0 ? `${path}: ${issue.message}` : issue.message
+    })
+    .join("; ")
+}
+
+export const badRequestFromParseError = (error: ParseResult.ParseError): BadRequest =>
+  new BadRequest({ message: describeParseError(error) })

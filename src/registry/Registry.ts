@@ -1,0 +1,172 @@
+/**
+ * The LLM registry: publisher registration with the sticky rules of
+ * PROTOCOL.md, heartbeats, session bind/unbind, and the registry half of the
+ * sweep (heartbeat-stale rows inactive, long-inactive rows deleted).
+ */
+import { SqlClient } from "@effect/sql"
+import { Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import * as Crypto from "node:crypto"
+import { cutoff, InstanceId, now, RelayConfig } from "../config.js"
+import { BadRequest, badRequestFromParseError, Forbidden } from "../domain/Errors.js"
+import {
+  type Llm,
+  llmFromRow,
+  type LlmRow,
+  NameConflict,
+  type PublisherSession,
+  RegisterRequest,
+  Registration,
+  SessionNotFound
+} from "../domain/Llm.js"
+import { RegistryRepo } from "./Repo.js"
+
+export interface SweepResult {
+  /** Heartbeat-stale active rows flipped to inactive. */
+  readonly markedInactive: number
+  /** Inactive rows past retention, deleted. */
+  readonly deleted: number
+  /** Sessions that had a row go stale: their streams must close, their tasks revert. */
+  readonly staleSessions: ReadonlyArray<string>
+}
+
+const decodeRegister = Schema.decodeUnknown(RegisterRequest, { errors: "all", onExcessProperty: "ignore" })
+
+export const make = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  const repo = yield* RegistryRepo
+  const config = yield* RelayConfig
+  const instanceId = yield* InstanceId
+  const toLlms = (rows: ReadonlyArray<LlmRow>) => rows.map(llmFromRow)
+
+  const conflictOf = (row: LlmRow, sessionId: string): Option.Option<NameConflict> => {
+    if (row.kind === "public") {
+      return Option.some(
+        new NameConflict({ name: row.name, message: `'${row.name}' is a public LLM; a publisher cannot publish over it` })
+      )
+    }
+    if (row.status === "active" && row.providerSessionId !== sessionId) {
+      return Option.some(
+        new NameConflict({ name: row.name, message: `'${row.name}' is already active under a different session` })
+      )
+    }
+    return Option.none()
+  }
+
+  /**
+   * Register (or re-register) a session and its providers, all-or-nothing:
+   * every check runs before the first write, and all writes share one
+   * transaction, so a conflict on the last provider leaves nothing behind.
+   */
+  const register = Effect.fn("Registry.register")(function* (principalId: string, input: unknown) {
+    const request = yield* Effect.mapError(decodeRegister(input), badRequestFromParseError)
+    const names = request.providers.map((p) => p.name)
+    const duplicate = names.find((name, i) => names.indexOf(name) !== i)
+    if (duplicate !== undefined) {
+      return yield* new BadRequest({ message: `providers: the name '${duplicate}' is listed twice` })
+    }
+    const sessionId = request.sessionId ?? Crypto.randomUUID()
+    const at = yield* now
+    const rows = yield* sql.withTransaction(
+      Effect.gen(function* () {
+        const existingSession = yield* repo.lockSession(sessionId)
+        if (Option.isSome(existingSession) && existingSession.value.principalId !== principalId) {
+          return yield* new Forbidden({ message: `session '${sessionId}' belongs to another principal` })
+        }
+        const existing = new Map((yield* repo.lockByNames(names)).map((row) => [row.name, row] as const))
+        for (const row of existing.values()) {
+          const conflict = conflictOf(row, sessionId)
+          if (Option.isSome(conflict)) return yield* conflict.value
+        }
+        yield* repo.upsertSession(sessionId, principalId, instanceId, at)
+        // Sorted so that two registrations touching the same new names take
+        // the unique-index locks in one order and cannot deadlock.
+        const byName = new Map<string, LlmRow>()
+        for (const spec of [...request.providers].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+          const current = existing.get(spec.name)
+          if (current !== undefined) {
+            byName.set(spec.name, yield* repo.claimRow(current.id, spec, sessionId, at))
+            continue
+          }
+          const inserted = yield* repo.insertVirtual(spec, sessionId, at)
+          if (Option.isNone(inserted)) {
+            // Another registration inserted this name after our lock read.
+            return yield* new NameConflict({
+              name: spec.name,
+              message: `'${spec.name}' is already active under a different session`
+            })
+          }
+          byName.set(spec.name, inserted.value)
+        }
+        yield* repo.deactivateUnlisted(sessionId, names, at)
+        return names.map((name) => byName.get(name)!)
+      })
+    ).pipe(Effect.catchTag("SqlError", Effect.die))
+    return new Registration({
+      sessionId,
+      heartbeatIntervalMs: Duration.toMillis(config.heartbeatInterval),
+      heartbeatTimeoutMs: Duration.toMillis(config.heartbeatTimeout),
+      llms: toLlms(rows)
+    })
+  })
+
+  const findSession = (sessionId: string) => repo.findSession(sessionId)
+
+  const getSession = Effect.fn("Registry.getSession")(function* (sessionId: string) {
+    const session = yield* repo.findSession(sessionId)
+    if (Option.isNone(session)) {
+      return yield* new SessionNotFound({ message: `no publisher session '${sessionId}'` })
+    }
+    return session.value
+  })
+
+  /** Bumps every row of the session and revives inactive ones. */
+  const heartbeat = Effect.fn("Registry.heartbeat")(function* (sessionId: string) {
+    yield* getSession(sessionId)
+    return toLlms(yield* repo.heartbeat(sessionId, yield* now))
+  })
+
+  /** The session's stream opened: its rows are online. */
+  const bindSession = Effect.fn("Registry.bindSession")(function* (sessionId: string) {
+    return toLlms(yield* repo.activateSession(sessionId, yield* now))
+  })
+
+  /** The session's stream closed (or it said goodbye, or went silent): rows inactive at once. */
+  const unbindSession = Effect.fn("Registry.unbindSession")(function* (sessionId: string) {
+    return toLlms(yield* repo.deactivateSession(sessionId, yield* now))
+  })
+
+  const gcSweep: Effect.Effect<SweepResult> = Effect.gen(function* () {
+    const at = yield* Effect.clockWith((c) => c.currentTimeMillis)
+    const stale = yield* repo.deactivateStale(cutoff(at, config.heartbeatTimeout), new Date(at))
+    const deleted = yield* repo.deleteExpiredInactive(cutoff(at, config.inactiveRetention))
+    const staleSessions = [...new Set(stale.flatMap((row) => (row.providerSessionId ? [row.providerSessionId] : [])))]
+    return { markedInactive: stale.length, deleted: deleted.length, staleSessions }
+  }).pipe(Effect.withSpan("Registry.gcSweep"))
+
+  const list: Effect.Effect<ReadonlyArray<Llm>> = Effect.map(repo.all, toLlms)
+  const findByName = (name: string) => Effect.map(repo.findByName(name), Option.map(llmFromRow))
+  /** The rows a `model` names: the row of that name, or every member of that pool. */
+  const resolve = (name: string) => Effect.map(repo.findByNameOrPool(name), toLlms)
+  const llmsOfSession = (sessionId: string) => Effect.map(repo.findBySession(sessionId), toLlms)
+
+  return {
+    register,
+    heartbeat,
+    bindSession,
+    unbindSession,
+    gcSweep,
+    list,
+    findByName,
+    resolve,
+    llmsOfSession,
+    findSession,
+    getSession
+  } as const
+})
+
+export class Registry extends Context.Tag("llm-relay/Registry")<Registry, Effect.Effect.Success<typeof make>>() {
+  /** Needs a `SqlClient`, `RelayConfig` and `InstanceId`. */
+  static readonly layer = Layer.effect(this, make).pipe(Layer.provide(RegistryRepo.layer))
+}
+
+export type { PublisherSession }
