@@ -40,6 +40,8 @@ CREATE TYPE inference_task_status AS ENUM ('pending', 'claimed', 'running', 'com
 
 CREATE TABLE inference_tasks (
   id                text PRIMARY KEY,
+  -- enqueue order: FIFO among tasks enqueued in the same millisecond
+  seq               bigint GENERATED ALWAYS AS IDENTITY,
   status            inference_task_status NOT NULL DEFAULT 'pending',
   pool              text NOT NULL,
   llm_name          text,
@@ -54,6 +56,7 @@ CREATE TABLE inference_tasks (
   error_type        text,
   error_message     text,
   claimed_by        text,
+  claimed_llm       text,
   attempts          integer NOT NULL DEFAULT 0,
   output_started    boolean NOT NULL DEFAULT false,
   chunk_count       integer NOT NULL DEFAULT 0,
@@ -66,10 +69,12 @@ CREATE TABLE inference_tasks (
   completed_at      timestamptz
 );
 -- dispatch: the claim statement walks this in priority, then age, order
-CREATE INDEX inference_tasks_dispatch_idx ON inference_tasks (pool, priority DESC, created_at) WHERE status = 'pending';
+CREATE INDEX inference_tasks_dispatch_idx ON inference_tasks (pool, priority DESC, created_at, seq) WHERE status = 'pending';
+CREATE INDEX inference_tasks_pinned_idx ON inference_tasks (llm_name, priority DESC, created_at, seq) WHERE status = 'pending' AND llm_name IS NOT NULL;
 CREATE INDEX inference_tasks_pending_age_idx ON inference_tasks (created_at) WHERE status = 'pending';
 -- disconnect revert and the claim/run timeouts
-CREATE INDEX inference_tasks_held_idx ON inference_tasks (claimed_by) WHERE status IN ('claimed', 'running');
+CREATE INDEX inference_tasks_held_idx ON inference_tasks (claimed_by, claimed_llm) WHERE status IN ('claimed', 'running');
+CREATE INDEX inference_tasks_claimed_age_idx ON inference_tasks (claimed_at) WHERE status IN ('claimed', 'running');
 -- retention sweep
 CREATE INDEX inference_tasks_completed_idx ON inference_tasks (completed_at) WHERE status IN ('completed', 'error', 'cancelled');
 -- listings

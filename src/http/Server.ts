@@ -1,0 +1,63 @@
+/**
+ * The broker's HTTP server: the RelayApi with its handlers, the error and
+ * body-limit middleware, OpenAPI at /openapi.json and docs at /docs.
+ */
+import { HttpApiBuilder, HttpApiScalar, HttpIncomingMessage, HttpMiddleware, HttpServer, HttpServerRequest } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { Effect, Layer, Option } from "effect"
+import { createServer } from "node:http"
+import { RelayConfig } from "../config.js"
+import { RelayApi } from "./Api.js"
+import { AuthorizationLive } from "./Auth.js"
+import { errorMiddleware, errorResponse } from "./Errors.js"
+import { OpenAiLive } from "./handlers/openai.js"
+import { OpsLive } from "./handlers/ops.js"
+import { PublishersLive } from "./handlers/publishers.js"
+import { RegistryLive } from "./handlers/registry.js"
+import { TasksLive } from "./handlers/tasks.js"
+import { TokensLive } from "./handlers/tokens.js"
+
+/**
+ * Bodies over the limit get 413: at once when Content-Length says so (the
+ * body is never read), else when reading passes the limit.
+ */
+const bodyLimit = HttpApiBuilder.middleware(
+  Effect.map(RelayConfig, (config) => (app) =>
+    Effect.gen(function* () {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const length = Number(request.headers["content-length"] ?? "0")
+      if (Number.isFinite(length) && length > config.maxBodyBytes) {
+        return errorResponse(413, "PayloadTooLarge", `the request body is over the limit of ${config.maxBodyBytes} bytes`)
+      }
+      return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(config.maxBodyBytes))
+    }))
+)
+
+const errors = HttpApiBuilder.middleware(Effect.succeed(errorMiddleware))
+
+/** The API with every group's handlers; needs the broker's services. */
+export const ApiLive = HttpApiBuilder.api(RelayApi).pipe(
+  Layer.provide([OpsLive, TokensLive, RegistryLive, PublishersLive, OpenAiLive, TasksLive]),
+  Layer.provide(AuthorizationLive)
+)
+
+/** Serve the API (plus /openapi.json and /docs) on whatever HttpServer is provided. */
+export const HttpLive = HttpApiBuilder.serve(HttpMiddleware.withLoggerDisabled).pipe(
+  Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
+  Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
+  Layer.provide(errors),
+  Layer.provide(bodyLimit),
+  Layer.provide(ApiLive),
+  HttpServer.withLogAddress
+)
+
+/** A Node HTTP server on host:port. Idle keep-alive sockets are closed on shutdown so SIGTERM does not hang. */
+export const NodeServerLive = (options: { readonly host: string; readonly port: number }) =>
+  Layer.unwrapScoped(
+    Effect.gen(function* () {
+      const server = createServer()
+      server.keepAliveTimeout = 5_000
+      yield* Effect.addFinalizer(() => Effect.sync(() => server.closeAllConnections()))
+      return NodeHttpServer.layer(() => server, options)
+    })
+  )

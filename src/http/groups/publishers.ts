@@ -1,0 +1,60 @@
+import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema } from "@effect/platform"
+import { Schema } from "effect"
+import { RegisterRequest, Registration } from "../../domain/Llm.js"
+import { Authorization } from "../Auth.js"
+
+const SessionPath = Schema.Struct({ sessionId: Schema.String })
+const TaskPath = Schema.Struct({ sessionId: Schema.String, taskId: Schema.String })
+const Attempt = Schema.optional(Schema.Int.pipe(Schema.positive({ message: () => "attempt must be a positive integer" })))
+const HttpStatus = Schema.Int.pipe(Schema.between(100, 599, { message: () => "status must be an HTTP status (100-599)" }))
+
+/** An empty body (`null` once parsed) is as good as `{}`. */
+const orEmpty = <A, I>(schema: Schema.Schema<A, I>) => Schema.Union(schema, Schema.Null)
+
+export const AckPayload = orEmpty(Schema.Struct({ attempt: Attempt }))
+export const ChunksPayload = Schema.Struct({
+  chunks: Schema.Array(Schema.String).pipe(Schema.maxItems(10_000)),
+  attempt: Attempt
+})
+export const ResultPayload = Schema.Struct({
+  status: Schema.optionalWith(HttpStatus, { default: () => 200 }),
+  body: Schema.optional(Schema.Unknown),
+  attempt: Attempt
+})
+export const ErrorPayload = Schema.Struct({
+  message: Schema.String.pipe(Schema.maxLength(65_536)),
+  status: Schema.optionalWith(HttpStatus, { default: () => 502 }),
+  body: Schema.optional(Schema.Unknown),
+  attempt: Attempt
+})
+
+const taskPost = <const Name extends string, A, I>(name: Name, segment: string, payload: Schema.Schema<A, I>) =>
+  HttpApiEndpoint.post(name, `/v1/publishers/sessions/:sessionId/tasks/:taskId/${segment}`)
+    .setPath(TaskPath)
+    .setPayload(payload)
+    .addSuccess(HttpApiSchema.NoContent)
+
+/** What a publisher process talks to (role publisher or admin). */
+export class PublishersApi extends HttpApiGroup.make("publishers")
+  .add(HttpApiEndpoint.post("register", "/v1/publishers/sessions").setPayload(RegisterRequest).addSuccess(Registration))
+  .add(
+    HttpApiEndpoint.get("stream", "/v1/publishers/sessions/:sessionId/tasks")
+      .setPath(SessionPath)
+      .addSuccess(Schema.String.pipe(HttpApiSchema.withEncoding({ kind: "Text", contentType: "text/event-stream" })))
+  )
+  .add(
+    HttpApiEndpoint.post("heartbeat", "/v1/publishers/sessions/:sessionId/heartbeat")
+      .setPath(SessionPath)
+      .addSuccess(Schema.Struct({ ok: Schema.Literal(true) }))
+  )
+  .add(
+    HttpApiEndpoint.del("goodbye", "/v1/publishers/sessions/:sessionId")
+      .setPath(SessionPath)
+      .addSuccess(HttpApiSchema.NoContent)
+  )
+  .add(taskPost("ack", "ack", AckPayload))
+  .add(taskPost("chunks", "chunks", ChunksPayload))
+  .add(taskPost("result", "result", ResultPayload))
+  .add(taskPost("error", "error", ErrorPayload))
+  .middleware(Authorization)
+{}

@@ -1,0 +1,28 @@
+import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema } from "@effect/platform"
+import { Schema } from "effect"
+import { Llm, LlmName } from "../../domain/Llm.js"
+import { Authorization } from "../Auth.js"
+
+export const CreatePublicLlm = Schema.Struct({
+  name: LlmName,
+  model: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(512)),
+  url: Schema.String.pipe(
+    Schema.filter((s) => URL.canParse(s) && /^https?:/.test(s), { message: () => "url must be an http(s) URL" })
+  ),
+  apiKey: Schema.optional(Schema.String),
+  pool: Schema.optional(LlmName),
+  tier: Schema.optionalWith(Schema.String, { default: () => "fast" }),
+  description: Schema.optionalWith(Schema.String, { default: () => "" })
+})
+
+/** The LLM registry as seen by any token; public LLMs are managed by admins. */
+export class RegistryApi extends HttpApiGroup.make("registry")
+  .add(HttpApiEndpoint.get("list", "/v1/llms").addSuccess(Schema.Struct({ data: Schema.Array(Llm) })))
+  .add(HttpApiEndpoint.post("create", "/v1/llms").setPayload(CreatePublicLlm).addSuccess(Llm, { status: 201 }))
+  .add(
+    HttpApiEndpoint.del("delete", "/v1/llms/:name")
+      .setPath(Schema.Struct({ name: Schema.String }))
+      .addSuccess(HttpApiSchema.NoContent)
+  )
+  .middleware(Authorization)
+{}

@@ -1,0 +1,48 @@
+/**
+ * A `public` LLM is proxied by the broker itself: the request goes to the
+ * row's URL (an OpenAI base URL ending in /v1) with its API key, and the
+ * upstream's status, content type and body come back as they are, streamed.
+ */
+import { type HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Effect, Stream } from "effect"
+import type { LlmRow } from "../../domain/Llm.js"
+import { UpstreamError } from "../../domain/Task.js"
+
+/** `http://h/v1` + `/v1/chat/completions` → `http://h/v1/chat/completions`. */
+export const joinUpstream = (base: string, path: string): string => {
+  const trimmed = base.replace(/\/+$/, "")
+  return trimmed.endsWith("/v1") && path.startsWith("/v1/") ? `${trimmed}${path.slice(3)}` : `${trimmed}${path}`
+}
+
+export const proxyPublic = (
+  row: LlmRow,
+  path: string,
+  body: Record<string, unknown>,
+  _request: HttpServerRequest.HttpServerRequest
+) =>
+  Effect.gen(function* () {
+    const url = joinUpstream(row.url ?? "", path)
+    const response = yield* Effect.tryPromise({
+      try: (signal) =>
+        fetch(url, {
+          method: "POST",
+          signal,
+          headers: {
+            "content-type": "application/json",
+            ...(row.apiKey ? { authorization: `Bearer ${row.apiKey}` } : {})
+          },
+          body: JSON.stringify({ ...body, model: row.model })
+        }),
+      catch: (cause) =>
+        new UpstreamError({ status: 502, message: `the public LLM '${row.name}' is unreachable: ${String(cause)}` })
+    })
+    const contentType = response.headers.get("content-type") ?? "application/json"
+    if (response.body === null) return HttpServerResponse.empty({ status: response.status })
+    return HttpServerResponse.stream(
+      Stream.fromReadableStream({
+        evaluate: () => response.body!,
+        onError: (cause) => new UpstreamError({ status: 502, message: `the public LLM stream failed: ${String(cause)}` })
+      }),
+      { status: response.status, contentType }
+    )
+  })

@@ -1,0 +1,92 @@
+import { HttpApiBuilder } from "@effect/platform"
+import { Effect, Schedule, Stream } from "effect"
+import { RelayConfig } from "../../config.js"
+import { Forbidden } from "../../domain/Errors.js"
+import type { Frame } from "../../domain/Frames.js"
+import { Registry } from "../../registry/Registry.js"
+import { Sessions } from "../../sessions/Sessions.js"
+import { TaskQueue } from "../../tasks/TaskQueue.js"
+import { RelayApi } from "../Api.js"
+import { requireRole } from "../Auth.js"
+import * as Sse from "../Sse.js"
+
+const frameEvent = (frame: Frame): string => {
+  const { _tag, ...data } = frame
+  return Sse.event(_tag, JSON.stringify(data))
+}
+
+export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (handlers) =>
+  Effect.gen(function* () {
+    const registry = yield* Registry
+    const sessions = yield* Sessions
+    const queue = yield* TaskQueue
+    const config = yield* RelayConfig
+
+    /** The session, if it exists (404) and the caller owns it (403; admin owns all). */
+    const ownSession = (sessionId: string) =>
+      Effect.gen(function* () {
+        const principal = yield* requireRole("publisher")
+        const session = yield* registry.getSession(sessionId)
+        if (principal.role !== "admin" && session.principalId !== principal.id) {
+          return yield* new Forbidden({ message: `session '${sessionId}' belongs to another principal` })
+        }
+        return session
+      })
+
+    return handlers
+      .handle("register", ({ payload }) =>
+        Effect.flatMap(requireRole("publisher"), (principal) => registry.register(principal.id, payload)))
+      .handle("stream", ({ path }) =>
+        Effect.gen(function* () {
+          yield* ownSession(path.sessionId)
+          const keepalive = Stream.repeatValue(Sse.comment("keepalive")).pipe(
+            Stream.schedule(Schedule.spaced(config.keepaliveInterval))
+          )
+          // The actor lives in the response stream's scope: when the client goes
+          // (or a second stream replaces this one) the scope closes and unbinds.
+          const body = Stream.unwrapScoped(
+            Effect.map(sessions.open(path.sessionId), (frames) =>
+              Stream.concat(
+                Stream.make(Sse.event("ready", JSON.stringify({ sessionId: path.sessionId }))),
+                Stream.merge(Stream.map(frames, frameEvent), keepalive, { haltStrategy: "left" })
+              ))
+          )
+          return Sse.response(body)
+        }))
+      .handle("heartbeat", ({ path }) =>
+        Effect.gen(function* () {
+          yield* ownSession(path.sessionId)
+          yield* registry.heartbeat(path.sessionId)
+          return { ok: true as const }
+        }))
+      .handle("goodbye", ({ path }) => Effect.zipRight(ownSession(path.sessionId), sessions.close(path.sessionId)))
+      .handle("ack", ({ path, payload }) =>
+        Effect.zipRight(ownSession(path.sessionId), queue.ack(path.sessionId, path.taskId, payload?.attempt)))
+      .handle("chunks", ({ path, payload }) =>
+        Effect.zipRight(
+          ownSession(path.sessionId),
+          queue.appendChunks(path.sessionId, path.taskId, payload.chunks, payload.attempt)
+        ))
+      .handle("result", ({ path, payload }) =>
+        Effect.zipRight(
+          ownSession(path.sessionId),
+          queue.complete(
+            path.sessionId,
+            path.taskId,
+            payload.body === undefined ? { status: payload.status } : { status: payload.status, body: payload.body },
+            payload.attempt
+          )
+        ))
+      .handle("error", ({ path, payload }) =>
+        Effect.zipRight(
+          ownSession(path.sessionId),
+          queue.fail(
+            path.sessionId,
+            path.taskId,
+            payload.body === undefined
+              ? { message: payload.message, status: payload.status }
+              : { message: payload.message, status: payload.status, body: payload.body },
+            payload.attempt
+          )
+        ))
+  }))

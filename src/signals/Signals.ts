@@ -1,0 +1,78 @@
+/**
+ * Wake-ups between the parts of the broker: a pool has new work, a task moved
+ * (or streamed chunks), a session must cancel a task or has capacity again.
+ * Signals are hints, never the truth: every subscriber re-reads PostgreSQL
+ * after subscribing and on a slow poll. This is the in-process implementation
+ * (one broker); a LISTEN/NOTIFY one would keep the same interface.
+ */
+import { Context, Effect, Layer, Queue, type Scope } from "effect"
+
+export type TaskEvent =
+  /** A batch of output, `seq` counting batches from 1. */
+  | { readonly _tag: "Chunks"; readonly seq: number; readonly chunks: ReadonlyArray<string> }
+  /** The task's row changed (status, holder): re-read it. */
+  | { readonly _tag: "Changed" }
+
+export type SessionEvent =
+  | { readonly _tag: "Cancel"; readonly taskId: string; readonly reason: string }
+  /** One of the session's tasks finished or left it: it may claim again. */
+  | { readonly _tag: "Freed" }
+
+export interface SignalsShape {
+  readonly wakePool: (pool: string) => Effect.Effect<void>
+  readonly subscribePool: (pool: string) => Effect.Effect<Queue.Dequeue<void>, never, Scope.Scope>
+  readonly publishTask: (taskId: string, event: TaskEvent) => Effect.Effect<void>
+  readonly subscribeTask: (taskId: string) => Effect.Effect<Queue.Dequeue<TaskEvent>, never, Scope.Scope>
+  readonly publishSession: (sessionId: string, event: SessionEvent) => Effect.Effect<void>
+  readonly subscribeSession: (sessionId: string) => Effect.Effect<Queue.Dequeue<SessionEvent>, never, Scope.Scope>
+}
+
+/**
+ * Subscribers by key: publishing costs only the subscribers of that key, so a
+ * chunk for one task does not touch the waiters of every other task.
+ */
+const keyedHub = <A>() => {
+  const subscribers = new Map<string, Set<Queue.Queue<A>>>()
+  const publish = (key: string, value: A) =>
+    Effect.sync(() => {
+      const set = subscribers.get(key)
+      if (set !== undefined) for (const queue of set) Queue.unsafeOffer(queue, value)
+    })
+  const subscribe = (key: string) =>
+    Effect.acquireRelease(
+      Effect.tap(Queue.unbounded<A>(), (queue) =>
+        Effect.sync(() => {
+          const set = subscribers.get(key) ?? new Set()
+          set.add(queue)
+          subscribers.set(key, set)
+        })),
+      (queue) =>
+        Effect.zipRight(
+          Effect.sync(() => {
+            const set = subscribers.get(key)
+            set?.delete(queue)
+            if (set !== undefined && set.size === 0) subscribers.delete(key)
+          }),
+          Queue.shutdown(queue)
+        )
+    ) as Effect.Effect<Queue.Dequeue<A>, never, Scope.Scope>
+  return { publish, subscribe }
+}
+
+export const makeLocal = Effect.sync((): SignalsShape => {
+  const pools = keyedHub<void>()
+  const tasks = keyedHub<TaskEvent>()
+  const sessions = keyedHub<SessionEvent>()
+  return {
+    wakePool: (pool) => pools.publish(pool, undefined),
+    subscribePool: pools.subscribe,
+    publishTask: tasks.publish,
+    subscribeTask: tasks.subscribe,
+    publishSession: sessions.publish,
+    subscribeSession: sessions.subscribe
+  }
+})
+
+export class Signals extends Context.Tag("llm-relay/Signals")<Signals, SignalsShape>() {
+  static readonly layerLocal = Layer.effect(this, makeLocal)
+}

@@ -1,0 +1,424 @@
+/**
+ * The durable task queue: every inference request is a row of
+ * `inference_tasks`, moved through its life by conditional statements
+ * (TaskRepo). This service adds what SQL alone cannot say: which typed error a
+ * lost race is, who must be woken (pools, waiters, holders), and how a waiter
+ * follows a task to its end.
+ */
+import { Context, Deferred, Duration, Effect, Layer, Mailbox, Option, Queue, type Scope, type Stream } from "effect"
+import * as Crypto from "node:crypto"
+import { cutoff, InstanceId, now, RelayConfig } from "../config.js"
+import { BadRequest } from "../domain/Errors.js"
+import type { TaskFrame } from "../domain/Frames.js"
+import {
+  isTerminal,
+  ModelNotFound,
+  NotVirtual,
+  PublisherDisconnected,
+  PublisherOffline,
+  type Task,
+  TaskAlreadyTerminal,
+  TaskCancelled,
+  TaskNotFound,
+  TaskNotHeld,
+  type TaskStatus,
+  Timeout,
+  UpstreamError
+} from "../domain/Task.js"
+import { Registry } from "../registry/Registry.js"
+import { Signals, type TaskEvent } from "../signals/Signals.js"
+import { type Holder, type Moved, taskFromRow, TaskRepo, type TaskRow } from "./Repo.js"
+
+export interface EnqueueRequest {
+  /** An LLM name (pinned to that row) or a pool name (any member). */
+  readonly model: string
+  readonly path: string
+  readonly streaming: boolean
+  readonly priority?: number | undefined
+  readonly requestBody: unknown
+  readonly ownerId: string
+  readonly agentId?: string | null | undefined
+}
+
+export interface ListRequest {
+  readonly ownerId?: string | undefined
+  readonly status?: TaskStatus | undefined
+  readonly agentId?: string | undefined
+  readonly cursor?: string | undefined
+  readonly limit: number
+}
+
+export type WaitError = Timeout | TaskCancelled | UpstreamError | PublisherDisconnected | PublisherOffline
+
+export interface Waiter {
+  /** The task's output batches flattened, in order, each once; ends when the task ends or the wait runs out. */
+  readonly chunks: Stream.Stream<string>
+  /** The finished task, or why it did not complete. */
+  readonly result: Effect.Effect<Task, WaitError>
+}
+
+const PENDING_EXPIRED = "no publisher took the task within 1h"
+
+/** The keyset cursor of a listing: the last task's creation time and id. */
+const encodeCursor = (row: TaskRow) => Buffer.from(`${row.createdAt.getTime()}:${row.id}`).toString("base64url")
+const decodeCursor = (cursor: string) => {
+  const text = Buffer.from(cursor, "base64url").toString("utf8")
+  const colon = text.indexOf(":")
+  const millis = Number(text.slice(0, colon))
+  return colon > 0 && Number.isInteger(millis)
+    ? Option.some({ createdAt: new Date(millis), id: text.slice(colon + 1) })
+    : Option.none()
+}
+
+/** What a terminal task means to someone waiting for its answer. */
+export const outcome = (row: TaskRow): Effect.Effect<Task, WaitError> => {
+  const message = row.errorMessage ?? `task '${row.id}' ended ${row.status}`
+  switch (row.status) {
+    case "completed":
+      return Effect.succeed(taskFromRow(row))
+    case "cancelled":
+      return Effect.fail(new TaskCancelled({ message }))
+    default:
+      switch (row.errorType) {
+        case "Timeout":
+          return Effect.fail(new Timeout({ message }))
+        case "Expired":
+          return Effect.fail(new PublisherOffline({ message }))
+        case "PublisherDisconnected":
+        case "MaxAttempts":
+          return Effect.fail(new PublisherDisconnected({ message }))
+        default:
+          return Effect.fail(
+            new UpstreamError({
+              message,
+              status: row.responseStatus ?? 502,
+              ...(row.responseBody !== null && row.responseBody !== undefined ? { body: row.responseBody } : {})
+            })
+          )
+      }
+  }
+}
+
+export const make = Effect.gen(function* () {
+  const repo = yield* TaskRepo
+  const registry = yield* Registry
+  const signals = yield* Signals
+  const config = yield* RelayConfig
+  const instanceId = yield* InstanceId
+
+  const changed = (taskId: string) => signals.publishTask(taskId, { _tag: "Changed" })
+
+  /** After a revert or timeout: waiters re-read, pools with work again wake, holders stop and may claim. */
+  const announce = (moved: ReadonlyArray<Moved>, cancelReason?: string) =>
+    Effect.forEach(
+      moved,
+      (task) =>
+        Effect.all([
+          changed(task.id),
+          task.status === "pending" ? signals.wakePool(task.pool) : Effect.void,
+          task.previousHolder !== null && cancelReason !== undefined
+            ? signals.publishSession(task.previousHolder, { _tag: "Cancel", taskId: task.id, reason: cancelReason })
+            : Effect.void,
+          task.previousHolder !== null ? signals.publishSession(task.previousHolder, { _tag: "Freed" }) : Effect.void
+        ], { discard: true }),
+      { discard: true }
+    )
+
+  /**
+   * A model names a row (pinned to it) unless that row is its own pool, in
+   * which case it names the pool (any member), like a bare pool name does.
+   */
+  const enqueue = Effect.fn("TaskQueue.enqueue")(function* (request: EnqueueRequest) {
+    const rows = yield* registry.resolve(request.model)
+    if (rows.length === 0) return yield* new ModelNotFound({ message: `the model '${request.model}' does not exist` })
+    const named = rows.find((row) => row.name === request.model)
+    if (named !== undefined && named.kind === "public") {
+      return yield* new NotVirtual({ message: `'${request.model}' is a public LLM; it has no publisher to queue for` })
+    }
+    const pinned = named !== undefined && named.pool !== named.name
+    const members = rows.filter((row) => row.kind === "virtual" && (pinned ? row === named : row.pool === request.model))
+    if (members.length === 0) {
+      return yield* new NotVirtual({ message: `the pool '${request.model}' has no virtual members` })
+    }
+    const row = yield* repo.insert({
+      id: Crypto.randomUUID(),
+      pool: pinned ? named.pool : request.model,
+      llmName: pinned ? named.name : null,
+      model: request.model,
+      tier: members[0]!.tier,
+      path: request.path,
+      streaming: request.streaming,
+      priority: request.priority ?? 0,
+      requestBody: request.requestBody,
+      ownerId: request.ownerId,
+      agentId: request.agentId ?? null
+    }, yield* now)
+    yield* signals.wakePool(row.pool)
+    return taskFromRow(row)
+  })
+
+  const get = (id: string) => Effect.map(repo.find(id), Option.map(taskFromRow))
+
+  const list = Effect.fn("TaskQueue.list")(function* (request: ListRequest) {
+    let after: { createdAt: Date; id: string } | undefined
+    if (request.cursor !== undefined) {
+      const decoded = decodeCursor(request.cursor)
+      if (Option.isNone(decoded)) return yield* new BadRequest({ message: "cursor is not one this API returned" })
+      after = decoded.value
+    }
+    const rows = yield* repo.list({
+      ownerId: request.ownerId,
+      status: request.status,
+      agentId: request.agentId,
+      after,
+      limit: request.limit + 1
+    })
+    const page = rows.slice(0, request.limit)
+    return {
+      data: page.map(taskFromRow),
+      nextCursor: rows.length > request.limit ? encodeCursor(page[page.length - 1]!) : null
+    }
+  })
+
+  /**
+   * Claims, for each active row of the session with free capacity, up to that
+   * many tasks, and returns the frames to send.
+   */
+  const claimFor = Effect.fn("TaskQueue.claimFor")(function* (sessionId: string) {
+    const rows = yield* repo.capacityOf(sessionId)
+    const frames: Array<TaskFrame> = []
+    for (const row of rows) {
+      if (row.free <= 0) continue
+      const claimed = yield* repo.claim(sessionId, row, row.free, yield* now)
+      for (const task of claimed) {
+        frames.push({
+          _tag: "task",
+          kind: "infer",
+          taskId: task.id,
+          attempt: task.attempts,
+          llmName: row.name,
+          model: row.model,
+          path: task.path,
+          streaming: task.streaming,
+          body: task.requestBody
+        })
+        yield* changed(task.id)
+      }
+    }
+    return frames
+  })
+
+  /**
+   * Why a publisher's post matched nothing. `completeAgain` is the one benign
+   * case: the holder repeating its own result.
+   */
+  const diagnose = (
+    h: Holder,
+    completeAgain: boolean
+  ): Effect.Effect<void, TaskNotFound | TaskCancelled | TaskAlreadyTerminal | TaskNotHeld> =>
+    Effect.flatMap(repo.find(h.taskId), (found): Effect.Effect<void, TaskNotFound | TaskCancelled | TaskAlreadyTerminal | TaskNotHeld> => {
+      if (Option.isNone(found)) return Effect.fail(new TaskNotFound({ message: `no task '${h.taskId}'` }))
+      const task = found.value
+      const sameAttempt = h.attempt === undefined || h.attempt === task.attempts
+      const mine = task.claimedBy === h.sessionId && sameAttempt
+      if (task.status === "cancelled") {
+        return Effect.fail(new TaskCancelled({ message: task.errorMessage ?? `task '${h.taskId}' was cancelled` }))
+      }
+      if (completeAgain && mine && task.status === "completed") return Effect.void
+      if (isTerminal(task.status) && mine) {
+        return Effect.fail(new TaskAlreadyTerminal({ message: `task '${h.taskId}' already ended ${task.status}` }))
+      }
+      return Effect.fail(
+        new TaskNotHeld({
+          message: sameAttempt
+            ? `session '${h.sessionId}' does not hold task '${h.taskId}'`
+            : `attempt ${h.attempt} of task '${h.taskId}' is over (now attempt ${task.attempts})`
+        })
+      )
+    })
+
+  const holder = (sessionId: string, taskId: string, attempt: number | undefined): Holder =>
+    attempt === undefined ? { sessionId, taskId } : { sessionId, taskId, attempt }
+
+  const ack = Effect.fn("TaskQueue.ack")(function* (sessionId: string, taskId: string, attempt?: number) {
+    const h = holder(sessionId, taskId, attempt)
+    if (!(yield* repo.ack(h, yield* now))) return yield* diagnose(h, false)
+    yield* changed(taskId)
+  })
+
+  const appendChunks = Effect.fn("TaskQueue.appendChunks")(
+    function* (sessionId: string, taskId: string, chunks: ReadonlyArray<string>, attempt?: number) {
+      const h = holder(sessionId, taskId, attempt)
+      if (chunks.length === 0) return yield* ack(sessionId, taskId, attempt)
+      const stored = yield* repo.appendChunks(h, chunks, yield* now)
+      if (Option.isNone(stored)) return yield* diagnose(h, false)
+      yield* signals.publishTask(taskId, { _tag: "Chunks", seq: stored.value.seq, chunks })
+    }
+  )
+
+  const finished = (sessionId: string, taskId: string) =>
+    Effect.zipRight(changed(taskId), signals.publishSession(sessionId, { _tag: "Freed" }))
+
+  const complete = Effect.fn("TaskQueue.complete")(
+    function* (sessionId: string, taskId: string, result: { status: number; body?: unknown }, attempt?: number) {
+      const h = holder(sessionId, taskId, attempt)
+      const done = yield* repo.complete(h, result.status, result.body, yield* now)
+      if (Option.isNone(done)) return yield* diagnose(h, true)
+      yield* finished(sessionId, taskId)
+    }
+  )
+
+  const fail = Effect.fn("TaskQueue.fail")(
+    function* (
+      sessionId: string,
+      taskId: string,
+      error: { message: string; status: number; body?: unknown },
+      attempt?: number
+    ) {
+      const h = holder(sessionId, taskId, attempt)
+      const done = yield* repo.fail(h, error, yield* now)
+      if (Option.isNone(done)) return yield* diagnose(h, false)
+      yield* finished(sessionId, taskId)
+    }
+  )
+
+  /** Cancels a live task (its holder gets `cancel`); a finished task is returned as it is. */
+  const cancel = Effect.fn("TaskQueue.cancel")(function* (taskId: string, reason: string) {
+    const cancelled = yield* repo.cancel(taskId, reason, yield* now)
+    if (Option.isSome(cancelled)) {
+      const row = cancelled.value
+      yield* changed(taskId)
+      if (row.claimedBy !== null) {
+        yield* signals.publishSession(row.claimedBy, { _tag: "Cancel", taskId, reason })
+        yield* signals.publishSession(row.claimedBy, { _tag: "Freed" })
+      }
+      return taskFromRow(row)
+    }
+    const current = yield* repo.find(taskId)
+    if (Option.isNone(current)) return yield* new TaskNotFound({ message: `no task '${taskId}'` })
+    return taskFromRow(current.value)
+  })
+
+  /** The session is gone: its held tasks revert or fail (PROTOCOL.md "Disconnects"). */
+  const revertHeldBy = Effect.fn("TaskQueue.revertHeldBy")(function* (sessionId: string) {
+    const moved = yield* repo.revertHeldBy(sessionId, config.maxAttempts, yield* now)
+    yield* announce(moved)
+    return moved.length
+  })
+
+  /** At start: tasks held by sessions of a dead broker process revert. */
+  const startupRecovery = Effect.gen(function* () {
+    const moved = yield* repo.revertForeign(instanceId, config.maxAttempts, yield* now)
+    yield* announce(moved)
+    if (moved.length > 0) yield* Effect.logInfo(`startup recovery: ${moved.length} held task(s) reverted`)
+    return moved.length
+  }).pipe(Effect.withSpan("TaskQueue.startupRecovery"))
+
+  /** One pass of the task timeouts and retention; each step idempotent. */
+  const sweep = Effect.gen(function* () {
+    const at = yield* Effect.clockWith((c) => c.currentTimeMillis)
+    const atDate = new Date(at)
+    const unacked = yield* repo.revertUnacked(cutoff(at, config.claimAckTimeout), config.maxAttempts, atDate)
+    yield* announce(unacked, "the task was not acknowledged in time and went to another publisher")
+    const expired = yield* repo.expirePending(cutoff(at, config.pendingTimeout), PENDING_EXPIRED, atDate)
+    yield* announce(expired)
+    const timedOut = yield* repo.timeoutRunning(
+      cutoff(at, config.runningTimeout),
+      `the task ran longer than ${Duration.format(config.runningTimeout)}`,
+      atDate
+    )
+    yield* announce(timedOut, "the task ran too long")
+    let deleted = 0
+    const retainedAfter = cutoff(at, config.terminalRetention)
+    while (true) {
+      const n = yield* repo.deleteFinished(retainedAfter, config.retentionBatchSize)
+      deleted += n
+      if (n < config.retentionBatchSize) break
+    }
+    return { reverted: unacked.length, expired: expired.length, timedOut: timedOut.length, deleted }
+  }).pipe(Effect.withSpan("TaskQueue.sweep"))
+
+  /**
+   * Follows a task until it ends or `timeout` passes (counted from now): its
+   * output batches in order (replayed from the database for a late waiter or
+   * a missed event) and its outcome. The follower fiber lives in the Scope.
+   */
+  const waitFor = (taskId: string, timeout: Duration.Duration) =>
+    Effect.gen(function* () {
+      const events = yield* signals.subscribeTask(taskId)
+      const initial = yield* repo.find(taskId)
+      if (Option.isNone(initial)) return yield* new TaskNotFound({ message: `no task '${taskId}'` })
+      const mailbox = yield* Mailbox.make<string>()
+      const result = yield* Deferred.make<Task, WaitError>()
+      let nextSeq = 1
+
+      const deliver = (batches: ReadonlyArray<{ readonly seq: number; readonly chunks: ReadonlyArray<string> }>) =>
+        Effect.forEach(batches, (batch) => {
+          if (batch.seq !== nextSeq) return Effect.void
+          nextSeq += 1
+          return mailbox.offerAll(batch.chunks)
+        }, { discard: true })
+      const replay = Effect.flatMap(repo.chunksFrom(taskId, nextSeq), deliver)
+      const settle = (row: TaskRow) =>
+        Effect.gen(function* () {
+          if (!isTerminal(row.status)) return false
+          yield* replay
+          yield* mailbox.end
+          yield* Deferred.complete(result, outcome(row))
+          return true
+        })
+      const check = Effect.flatMap(repo.find(taskId), (row) =>
+        Option.isNone(row) ? Effect.as(Deferred.fail(result, new TaskCancelled({ message: `task '${taskId}' is gone` })), true) : settle(row.value))
+
+      const onEvent = (event: TaskEvent) =>
+        event._tag === "Chunks" && event.seq === nextSeq
+          ? Effect.as(deliver([event]), false)
+          : event._tag === "Chunks" && event.seq < nextSeq
+          ? Effect.succeed(false)
+          : Effect.zipRight(replay, check)
+
+      const follow = Effect.gen(function* () {
+        yield* replay
+        if (yield* settle(initial.value)) return
+        while (true) {
+          const event = yield* Queue.take(events).pipe(Effect.timeout(config.pollInterval), Effect.option)
+          const done = Option.isSome(event) ? yield* onEvent(event.value) : yield* Effect.zipRight(replay, check)
+          if (done) return
+        }
+      })
+      const expire = Effect.gen(function* () {
+        yield* Effect.sleep(timeout)
+        yield* Deferred.fail(result, new Timeout({ message: `task '${taskId}' did not finish within ${Duration.format(timeout)}` }))
+        yield* mailbox.end
+      })
+      yield* Effect.forkScoped(Effect.raceFirst(follow, expire))
+      return { chunks: Mailbox.toStream(mailbox), result: Deferred.await(result) } satisfies Waiter
+    })
+
+  const hasActiveMember = (model: string) => repo.hasActiveMember(model)
+
+  return {
+    enqueue,
+    get,
+    list,
+    claimFor,
+    ack,
+    appendChunks,
+    complete,
+    fail,
+    cancel,
+    revertHeldBy,
+    startupRecovery,
+    sweep,
+    waitFor: waitFor as (
+      taskId: string,
+      timeout: Duration.Duration
+    ) => Effect.Effect<Waiter, TaskNotFound, Scope.Scope>,
+    hasActiveMember
+  } as const
+})
+
+export class TaskQueue extends Context.Tag("llm-relay/TaskQueue")<TaskQueue, Effect.Effect.Success<typeof make>>() {
+  /** Needs a `SqlClient`, `RelayConfig`, `InstanceId`, `Signals` and the `Registry`. */
+  static readonly layer = Layer.effect(this, make).pipe(Layer.provide(TaskRepo.layer))
+}

@@ -1,0 +1,81 @@
+/**
+ * `bin/llm-relay serve` and `migrate` as processes, the way a user runs them.
+ */
+import { Effect, Exit, Scope } from "effect"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { freePort } from "../../src/db/Embedded.js"
+import { spawnRelay } from "../support/process.js"
+import { createDatabase } from "../support/TestDatabase.js"
+
+const scope = Effect.runSync(Scope.make())
+let databaseUrl: string
+beforeAll(async () => {
+  databaseUrl = (await Effect.runPromise(Scope.extend(createDatabase, scope))).url
+})
+afterAll(() => Effect.runPromise(Scope.close(scope, Exit.void)))
+
+const ADMIN = "x".repeat(40)
+
+describe("llm-relay serve", () => {
+  it("on DATABASE_URL: migrates, serves /healthz and /readyz, logs where it listens, stops on SIGTERM", async () => {
+    const port = await Effect.runPromise(freePort)
+    const serve = spawnRelay(["serve", "--port", String(port)], { DATABASE_URL: databaseUrl, RELAY_ADMIN_TOKEN: ADMIN })
+    try {
+      await serve.waitFor(/Listening on/)
+      assert.match(serve.output, /database: postgres/)
+      assert.notInclude(serve.output, ADMIN)
+      const health = await fetch(`http://127.0.0.1:${port}/healthz`)
+      assert.deepStrictEqual(await health.json(), { status: "ok" })
+      assert.strictEqual((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200)
+      const models = await fetch(`http://127.0.0.1:${port}/v1/models`, { headers: { authorization: `Bearer ${ADMIN}` } })
+      assert.strictEqual(models.status, 200)
+    } finally {
+      serve.child.kill("SIGTERM")
+    }
+    assert.strictEqual(await serve.exited, 0)
+  })
+
+  it("migrate applies migrations and exits 0; a second run says it is up to date", async () => {
+    const first = spawnRelay(["migrate"], { DATABASE_URL: databaseUrl })
+    assert.strictEqual(await first.exited, 0)
+    const second = spawnRelay(["migrate"], { DATABASE_URL: databaseUrl })
+    assert.strictEqual(await second.exited, 0)
+    assert.match(second.output, /up to date/)
+  })
+
+  it("without DATABASE_URL: embedded PostgreSQL in RELAY_DATA_DIR, a generated admin token, one broker per data dir", async () => {
+    const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "llm-relay-serve-"))
+    const [port, port2] = [await Effect.runPromise(freePort), await Effect.runPromise(freePort)]
+    const env = { DATABASE_URL: "", RELAY_DATA_DIR: dataDir, RELAY_ADMIN_TOKEN: undefined }
+    const serve = spawnRelay(["serve", "--port", String(port)], env)
+    try {
+      await serve.waitFor(/Listening on/, 90_000)
+      assert.match(serve.output, /embedded PostgreSQL/)
+      const [, token] = serve.output.match(/admin token[^\n]*\n\s*\n\s*(\S+)/) ?? []
+      assert.isString(token)
+      const health = await fetch(`http://127.0.0.1:${port}/healthz`)
+      assert.strictEqual(health.status, 200)
+      const models = await fetch(`http://127.0.0.1:${port}/v1/models`, { headers: { authorization: `Bearer ${token}` } })
+      assert.strictEqual(models.status, 200)
+      const second = spawnRelay(["serve", "--port", String(port2)], env)
+      assert.notStrictEqual(await second.exited, 0)
+      assert.match(second.output, /in use by another llm-relay process/)
+    } finally {
+      serve.child.kill("SIGTERM")
+    }
+    assert.strictEqual(await serve.exited, 0)
+    // the data stays: a restart finds the same database and prints no new token
+    const again = spawnRelay(["serve", "--port", String(port)], env)
+    try {
+      await again.waitFor(/Listening on/, 90_000)
+      assert.notMatch(again.output, /Generated an admin token/)
+    } finally {
+      again.child.kill("SIGTERM")
+    }
+    assert.strictEqual(await again.exited, 0)
+    Fs.rmSync(dataDir, { recursive: true, force: true })
+  }, 240_000)
+})
