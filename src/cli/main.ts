@@ -2,13 +2,13 @@
 import { Command } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-// publish: see src/publisher (issue 5)
+import { publish } from "../publisher/Command.js"
 import { migrate } from "./migrate.js"
 import { serve } from "./serve.js"
 
 const root = Command.make("llm-relay").pipe(
   Command.withDescription("publish self-hosted LLMs to a broker and call them through an OpenAI-compatible API"),
-  Command.withSubcommands([serve, migrate])
+  Command.withSubcommands([serve, publish, migrate])
 )
 
 const cli = Command.run(root, { name: "llm-relay", version: "0.1.0" })

@@ -51,13 +51,20 @@ export const HttpLive = HttpApiBuilder.serve(HttpMiddleware.withLoggerDisabled).
   HttpServer.withLogAddress
 )
 
-/** A Node HTTP server on host:port. Idle keep-alive sockets are closed on shutdown so SIGTERM does not hang. */
+/**
+ * A Node HTTP server on host:port. By the time the server closes, every
+ * handler fiber has been interrupted; open streams (publisher task streams,
+ * SSE answers) are then cut so `close` does not wait for their clients.
+ */
 export const NodeServerLive = (options: { readonly host: string; readonly port: number }) =>
-  Layer.unwrapScoped(
-    Effect.gen(function* () {
-      const server = createServer()
-      server.keepAliveTimeout = 5_000
-      yield* Effect.addFinalizer(() => Effect.sync(() => server.closeAllConnections()))
-      return NodeHttpServer.layer(() => server, options)
-    })
-  )
+  NodeHttpServer.layer(() => {
+    const server = createServer()
+    server.keepAliveTimeout = 5_000
+    const close = server.close.bind(server)
+    server.close = (callback) => {
+      close(callback)
+      server.closeAllConnections()
+      return server
+    }
+    return server
+  }, options)

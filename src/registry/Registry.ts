@@ -136,6 +136,11 @@ export const make = Effect.gen(function* () {
     return toLlms(yield* repo.deactivateSession(sessionId, yield* now))
   })
 
+  /** At start: rows of sessions that only a dead broker process served are offline until they reconnect. */
+  const recoverAfterRestart = Effect.fn("Registry.recoverAfterRestart")(function* () {
+    return toLlms(yield* repo.deactivateForeign(instanceId, yield* now))
+  })
+
   const gcSweep: Effect.Effect<SweepResult> = Effect.gen(function* () {
     const at = yield* Effect.clockWith((c) => c.currentTimeMillis)
     const stale = yield* repo.deactivateStale(cutoff(at, config.heartbeatTimeout), new Date(at))
@@ -172,6 +177,7 @@ export const make = Effect.gen(function* () {
     heartbeat,
     bindSession,
     unbindSession,
+    recoverAfterRestart,
     gcSweep,
     list,
     findByName,

@@ -95,6 +95,15 @@ export const make = Effect.gen(function* () {
       WHERE provider_session_id = ${sessionId} AND kind = 'virtual' AND status = 'active'
       RETURNING *`)
 
+  /** After a restart: rows of sessions no live broker serves (not of this instance) go inactive. */
+  const deactivateForeign = (instanceId: string, now: Date) =>
+    rows(sql`
+      UPDATE llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
+      WHERE kind = 'virtual' AND status = 'active'
+        AND (provider_session_id IS NULL OR provider_session_id NOT IN
+             (SELECT id FROM publisher_sessions WHERE instance_id = ${instanceId}))
+      RETURNING *`)
+
   /** Active virtual rows whose last heartbeat is older than the cutoff go inactive. */
   const deactivateStale = (heartbeatCutoff: Date, now: Date) =>
     rows(sql`
@@ -158,6 +167,7 @@ export const make = Effect.gen(function* () {
     heartbeat,
     activateSession,
     deactivateSession,
+    deactivateForeign,
     deactivateStale,
     deleteExpiredInactive,
     insertPublic,

@@ -306,11 +306,16 @@ export const make = Effect.gen(function* () {
     return moved.length
   })
 
-  /** At start: tasks held by sessions of a dead broker process revert. */
+  /** At start: sessions of a dead broker process are offline, and the tasks they held revert. */
   const startupRecovery = Effect.gen(function* () {
+    const offline = yield* registry.recoverAfterRestart()
     const moved = yield* repo.revertForeign(instanceId, config.maxAttempts, yield* now)
     yield* announce(moved)
-    if (moved.length > 0) yield* Effect.logInfo(`startup recovery: ${moved.length} held task(s) reverted`)
+    if (moved.length + offline.length > 0) {
+      yield* Effect.logInfo(
+        `startup recovery: ${offline.length} LLM row(s) offline until their publishers reconnect, ${moved.length} held task(s) reverted`
+      )
+    }
     return moved.length
   }).pipe(Effect.withSpan("TaskQueue.startupRecovery"))
 

@@ -1,0 +1,258 @@
+/**
+ * `bin/llm-relay publish` end to end: the real broker on real PostgreSQL, the
+ * publisher as its own process (spawned as a user runs it), a fake upstream
+ * OpenAI-compatible server, and the official `openai` SDK as the client.
+ */
+import { Effect } from "effect"
+import OpenAI from "openai"
+import { afterAll, afterEach, assert, beforeAll, describe, it } from "vitest"
+import { freePort } from "../../src/db/Embedded.js"
+import { startBroker, type TestBroker } from "../support/broker.js"
+import { startFakeUpstream } from "../support/fakeUpstream.js"
+import { type Spawned, spawnRelay } from "../support/process.js"
+import { createDatabase } from "../support/TestDatabase.js"
+import { Exit, Scope } from "effect"
+
+let broker: TestBroker
+let client: OpenAI
+let publisherToken: string
+const cleanups: Array<() => Promise<unknown> | unknown> = []
+
+beforeAll(async () => {
+  broker = await startBroker()
+  client = broker.openai(await broker.token("client"))
+  publisherToken = await broker.token("publisher")
+})
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
+})
+afterAll(() => broker?.close())
+
+let counter = 0
+const unique = (prefix: string) => `${prefix}-${++counter}-${Math.random().toString(36).slice(2, 6)}`
+
+const upstream = async (settings: Parameters<typeof startFakeUpstream>[0] = {}) => {
+  const fake = await startFakeUpstream(settings)
+  cleanups.push(() => fake.close())
+  return fake
+}
+
+const kill = (p: Spawned, signal: NodeJS.Signals = "SIGKILL") => {
+  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill(signal)
+  return p.exited
+}
+
+/** Starts `llm-relay publish` and waits until it is connected. */
+const publish = async (providers: ReadonlyArray<string>, server = broker.url, extra: ReadonlyArray<string> = []) => {
+  const args = ["publish", "--server", server, "--token", publisherToken, ...extra]
+  for (const p of providers) args.push("--provider", p)
+  const p = spawnRelay(args)
+  cleanups.push(() => kill(p))
+  await p.waitFor(/connected to .* as session (\S+)/)
+  return p
+}
+
+const sessionOf = (p: Spawned) => p.output.match(/as session (\S+)/)![1]!
+
+const llms = async (url = broker.url, token = publisherToken) => {
+  const response = await fetch(`${url}/v1/llms`, { headers: { authorization: `Bearer ${token}` } })
+  return ((await response.json()) as { data: Array<{ name: string; status: string; providerSessionId: string | null }> }).data
+}
+
+const ask = (model: string, content: string, c = client) =>
+  c.chat.completions.create({ model, messages: [{ role: "user", content }] })
+
+const askStreaming = async (model: string, content: string, c = client) => {
+  const stream = await c.chat.completions.create({ model, messages: [{ role: "user", content }], stream: true })
+  let text = ""
+  for await (const part of stream) text += part.choices[0]?.delta?.content ?? ""
+  return text
+}
+
+const waitUntil = async (check: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000) => {
+  const deadline = performance.now() + timeoutMs
+  while (!(await check())) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}
+
+describe("llm-relay publish", () => {
+  it("relays non-streaming and streaming answers intact, rewriting model to the upstream's name", async () => {
+    const fake = await upstream({ chunks: 7 })
+    const name = unique("local")
+    await publish([`name=${name},upstream=${fake.baseUrl},model=upstream-model-7b`])
+    const answer = await ask(name, "hello there")
+    assert.strictEqual(answer.choices[0]!.message.content, "echo: hello there")
+    assert.strictEqual(fake.received[0]!.body.model, "upstream-model-7b")
+    assert.strictEqual(fake.received[0]!.path, "/v1/chat/completions")
+    assert.strictEqual(await askStreaming(name, "a streamed answer"), "echo: a streamed answer")
+  })
+
+  it("50 concurrent calls across 2 providers all answer right, never above each provider's maxConcurrent upstream", async () => {
+    const [a, b] = [await upstream({ delayMs: 40 }), await upstream({ delayMs: 40, chunks: 4 })]
+    const [nameA, nameB] = [unique("a"), unique("b")]
+    await publish([
+      `name=${nameA},upstream=${a.baseUrl},model=ma,maxConcurrent=3`,
+      `name=${nameB},upstream=${b.baseUrl},model=mb,maxConcurrent=5`
+    ])
+    const calls = Array.from({ length: 50 }, (_, i) =>
+      i % 2 === 0
+        ? ask(nameA, `q${i}`).then((r) => assert.strictEqual(r.choices[0]!.message.content, `echo: q${i}`))
+        : askStreaming(nameB, `q${i}`).then((text) => assert.strictEqual(text, `echo: q${i}`)))
+    await Promise.all(calls)
+    assert.strictEqual(a.received.length, 25)
+    assert.strictEqual(b.received.length, 25)
+    assert.isAtMost(a.maxInFlight(), 3)
+    assert.isAtMost(b.maxInFlight(), 5)
+    assert.isAtLeast(a.maxInFlight(), 2, "the calls did overlap")
+  })
+
+  it("passes an upstream error status and message through to the client", async () => {
+    const fake = await upstream({ failStatus: 429 })
+    const name = unique("busy")
+    await publish([`name=${name},upstream=${fake.baseUrl},model=m`])
+    const error = await ask(name, "hi").then(() => null, (e: unknown) => e)
+    assert.instanceOf(error, OpenAI.APIError)
+    assert.strictEqual((error as InstanceType<typeof OpenAI.APIError>).status, 429)
+    assert.include((error as Error).message, "upstream says no (429)")
+  })
+
+  it("an unreachable upstream is a 502 with a clear message", async () => {
+    const port = await Effect.runPromise(freePort)
+    const name = unique("gone")
+    await publish([`name=${name},upstream=http://127.0.0.1:${port}/v1,model=m`])
+    const error = await ask(name, "hi").then(() => null, (e: unknown) => e)
+    assert.strictEqual((error as InstanceType<typeof OpenAI.APIError>).status, 502)
+    assert.include((error as Error).message, "unreachable")
+  })
+
+  it("the client aborting a streaming call aborts the upstream request", async () => {
+    const fake = await upstream({ chunks: 200, chunkDelayMs: 50 })
+    const name = unique("slow")
+    await publish([`name=${name},upstream=${fake.baseUrl},model=m`])
+    const controller = new AbortController()
+    const stream = await client.chat.completions.create(
+      { model: name, messages: [{ role: "user", content: "a long story" }], stream: true },
+      { signal: controller.signal }
+    )
+    let parts = 0
+    for await (const _ of stream) {
+      if (++parts === 3) break
+    }
+    controller.abort()
+    assert.strictEqual(parts, 3)
+    await waitUntil(() => fake.received[0]?.aborted === true, "the upstream to see the abort")
+    assert.isFalse(fake.received[0]!.finished)
+  })
+
+  it("SIGKILL of the publisher holding a not-yet-streamed task: the call succeeds via the other pool member", async () => {
+    const [slow, fast] = [await upstream({ delayMs: 60_000 }), await upstream()]
+    const pool = unique("pool")
+    const victim = await publish([`name=${unique("p1")},upstream=${slow.baseUrl},model=m,pool=${pool}`])
+    const answer = ask(pool, "survive")
+    await waitUntil(() => slow.received.length === 1, "the first publisher to take the task")
+    await publish([`name=${unique("p2")},upstream=${fast.baseUrl},model=m,pool=${pool}`])
+    await kill(victim)
+    const result = await answer
+    assert.strictEqual(result.choices[0]!.message.content, "echo: survive")
+    assert.strictEqual(fast.received.length, 1)
+  })
+
+  it("SIGTERM with a task in flight: the task completes, then the session is gone (inactive)", async () => {
+    const fake = await upstream({ delayMs: 1500 })
+    const name = unique("drain")
+    const p = await publish([`name=${name},upstream=${fake.baseUrl},model=m`])
+    const answer = ask(name, "finish me")
+    await waitUntil(() => fake.received.length === 1, "the task to reach the upstream")
+    p.child.kill("SIGTERM")
+    const result = await answer
+    assert.strictEqual(result.choices[0]!.message.content, "echo: finish me")
+    assert.strictEqual(await p.exited, 0)
+    assert.match(p.output, /goodbye/)
+    const row = (await llms()).find((l) => l.name === name)
+    assert.strictEqual(row?.status, "inactive")
+  })
+
+  it("bad --provider strings exit 2 naming the bad part, before connecting", async () => {
+    const cases: ReadonlyArray<[string, RegExp]> = [
+      ["name=x,upstream=http://127.0.0.1:1/v1,model=m,colour=blue", /unknown key 'colour'/],
+      ["name=x,upstream=http://127.0.0.1:1/v1", /missing 'model'/],
+      ["name=x,upstream=not-a-url,model=m", /upstream.*http\(s\) URL/],
+      ["name=x,upstream=http://127.0.0.1:1/v1,model=m,maxConcurrent=0", /maxConcurrent must be an integer from 1 to 1024/],
+      ["name=x,upstream=http://127.0.0.1:1/v1,model=m,maxConcurrent=lots", /maxConcurrent must be an integer/],
+      ["justtext", /'justtext' is not key=value/]
+    ]
+    for (const [provider, message] of cases) {
+      const p = spawnRelay(["publish", "--server", "http://127.0.0.1:1", "--token", "t", "--provider", provider])
+      assert.strictEqual(await p.exited, 2, p.output)
+      assert.match(p.output, message)
+    }
+    const noServer = spawnRelay(["publish", "--token", "t", "--provider", "name=x,upstream=http://h/v1,model=m"], {
+      RELAY_SERVER: undefined
+    })
+    assert.strictEqual(await noServer.exited, 2)
+    assert.match(noServer.output, /--server or RELAY_SERVER/)
+  })
+
+  it("a name another session holds at start is fatal with a clear message", async () => {
+    const fake = await upstream()
+    const name = unique("taken")
+    await publish([`name=${name},upstream=${fake.baseUrl},model=m`])
+    const second = spawnRelay(["publish", "--server", broker.url, "--token", publisherToken, "--provider",
+      `name=${name},upstream=${fake.baseUrl},model=m`])
+    assert.strictEqual(await second.exited, 1)
+    assert.match(second.output, /name conflict/)
+  })
+})
+
+describe("llm-relay publish against a restarted broker", () => {
+  const scope = Effect.runSync(Scope.make())
+  let databaseUrl: string
+  beforeAll(async () => {
+    databaseUrl = (await Effect.runPromise(Scope.extend(createDatabase, scope))).url
+  })
+  afterAll(() => Effect.runPromise(Scope.close(scope, Exit.void)))
+
+  it("reconnects with the same session id and serves again, without a restart of its own", async () => {
+    const admin = "a".repeat(48)
+    const port = await Effect.runPromise(freePort)
+    const url = `http://127.0.0.1:${port}`
+    const serve = () => {
+      const p = spawnRelay(["serve", "--port", String(port)], { DATABASE_URL: databaseUrl, RELAY_ADMIN_TOKEN: admin })
+      cleanups.push(() => kill(p))
+      return p
+    }
+    let brokerProcess = serve()
+    await brokerProcess.waitFor(/Listening on/)
+    const token = async (role: string) => {
+      const response = await fetch(`${url}/v1/tokens`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+        body: JSON.stringify({ role, name: role })
+      })
+      return ((await response.json()) as { token: string }).token
+    }
+    const restartedClient = new OpenAI({ apiKey: await token("client"), baseURL: `${url}/v1`, maxRetries: 0 })
+    const fake = await upstream()
+    const name = unique("phoenix")
+    const pubToken = await token("publisher")
+    const p = spawnRelay(["publish", "--server", url, "--token", pubToken, "--provider",
+      `name=${name},upstream=${fake.baseUrl},model=m`])
+    cleanups.push(() => kill(p))
+    await p.waitFor(/connected to .* as session (\S+)/)
+    const session = sessionOf(p)
+    assert.strictEqual((await ask(name, "before", restartedClient)).choices[0]!.message.content, "echo: before")
+
+    brokerProcess.child.kill("SIGTERM")
+    assert.strictEqual(await brokerProcess.exited, 0)
+    brokerProcess = serve()
+    await brokerProcess.waitFor(/Listening on/)
+    await waitUntil(() => (p.output.match(/connected to /g) ?? []).length >= 2, "the publisher to reconnect", 30_000)
+    assert.match(p.output, /reconnecting in/)
+    const row = (await llms(url, pubToken)).find((l) => l.name === name)
+    assert.strictEqual(row?.providerSessionId, session)
+    assert.strictEqual((await ask(name, "after", restartedClient)).choices[0]!.message.content, "echo: after")
+    assert.isNull(p.child.exitCode, "the publisher kept running")
+  })
+})
