@@ -1,0 +1,211 @@
+/**
+ * SessionActors and the scheduled sweep, against real PostgreSQL with
+ * TestClock driving every timeout.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Chunk, Effect, Fiber, Layer, Option, Queue, Scope, Stream, TestClock, TestServices } from "effect"
+import * as Broker from "../../src/Broker.js"
+import type { Frame } from "../../src/domain/Frames.js"
+import { Registry } from "../../src/registry/Registry.js"
+import { Sessions } from "../../src/sessions/Sessions.js"
+import { Sweeper } from "../../src/sweeper/Sweeper.js"
+import { TaskQueue } from "../../src/tasks/TaskQueue.js"
+import { ConfigTest } from "../support/layers.js"
+import * as TestDatabase from "../support/TestDatabase.js"
+
+const Base = Broker.services.pipe(Layer.provideMerge(Layer.merge(TestDatabase.layer, ConfigTest)))
+/** The broker's services with `sweepOnce` on demand. */
+const Manual = Sweeper.layerManual.pipe(Layer.provideMerge(Base))
+/** The broker's services with the sweep fiber running on its schedule. */
+const Scheduled = Sweeper.layer.pipe(Layer.provideMerge(Base))
+
+const provider = (name: string, maxConcurrent = 4) => ({ name, type: "openai", model: "m", maxConcurrent })
+
+/** Real time passes (the sweep and the actor do real SQL) until `check` holds, or fails after ~3 s. */
+const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 150; i++) {
+      if (yield* check) return
+      yield* TestServices.provideLive(Effect.sleep("20 millis"))
+    }
+    return assert.fail(`timed out waiting for ${what}`)
+  })
+
+/** Lets real time pass, for asserting that something did NOT happen. */
+const settle = TestServices.provideLive(Effect.sleep("300 millis"))
+
+/** Opens a session's stream in `scope` and collects its frames into a queue. */
+const openStream = (sessionId: string, scope: Scope.Scope) =>
+  Effect.gen(function* () {
+    const sessions = yield* Sessions
+    const frames = yield* Queue.unbounded<Frame>()
+    const stream = yield* Scope.extend(sessions.open(sessionId), scope)
+    const fiber = yield* Effect.fork(Stream.runForEach(stream, (frame) => Queue.offer(frames, frame)))
+    return { frames, fiber }
+  })
+
+const status = (name: string) =>
+  Effect.flatMap(Registry, (r) => Effect.map(r.findByName(name), (o) => Option.getOrThrow(o).status))
+
+const taskStatus = (id: string) =>
+  Effect.flatMap(TaskQueue, (q) => Effect.map(q.get(id), (o) => Option.getOrThrow(o).status))
+
+const enqueue = (model: string, content = "hi") =>
+  Effect.flatMap(TaskQueue, (q) =>
+    q.enqueue({
+      model,
+      path: "/v1/chat/completions",
+      streaming: false,
+      requestBody: { model, messages: [{ role: "user", content }] },
+      ownerId: "client-1"
+    }))
+
+const taskFrames = (frames: Queue.Queue<Frame>) =>
+  Effect.map(Queue.takeAll(frames), (all) => Chunk.toReadonlyArray(all).filter((f) => f._tag === "task"))
+
+describe("SessionActor", () => {
+  it.scoped("heartbeat silence for 90 s unbinds a session whose stream is still open; a heartbeat keeps it", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry
+      const sweeper = yield* Sweeper
+      const sessions = yield* Sessions
+      yield* registry.register("pub", { sessionId: "sess-silent", providers: [provider("silent")] })
+      const scope = yield* Scope.make()
+      const { fiber } = yield* openStream("sess-silent", scope)
+      const task = yield* enqueue("silent")
+      yield* eventually(Effect.map(taskStatus(task.id), (s) => s === "claimed"), "the actor to claim the task")
+
+      yield* TestClock.adjust("60 seconds")
+      yield* registry.heartbeat("sess-silent")
+      yield* TestClock.adjust("60 seconds") // 120 s since registering, 60 s since the heartbeat
+      yield* sweeper.sweepOnce
+      assert.strictEqual(yield* status("silent"), "active")
+      assert.isTrue(yield* sessions.isOpen("sess-silent"))
+
+      yield* TestClock.adjust("31 seconds") // 91 s of silence
+      yield* sweeper.sweepOnce
+      assert.strictEqual(yield* status("silent"), "inactive")
+      assert.isFalse(yield* sessions.isOpen("sess-silent"))
+      // the stream ended, and the task it held went back to the queue
+      yield* Fiber.join(fiber)
+      assert.strictEqual(yield* taskStatus(task.id), "pending")
+    }).pipe(Effect.provide(Manual)))
+
+  it.scoped("claims no more than a row's maxConcurrent, and claims again when one finishes", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry
+      const queue = yield* TaskQueue
+      yield* registry.register("pub", { sessionId: "sess-cap", providers: [provider("cap", 2)] })
+      const tasks = yield* Effect.forEach([1, 2, 3, 4, 5], (i) => enqueue("cap", `q${i}`))
+      const { frames } = yield* openStream("sess-cap", yield* Scope.make())
+      yield* eventually(Effect.map(Queue.size(frames), (n) => n >= 2), "two task frames")
+      yield* settle
+      const first = yield* taskFrames(frames)
+      assert.strictEqual(first.length, 2)
+      // oldest first
+      assert.deepStrictEqual(first.map((f) => f.taskId), [tasks[0]!.id, tasks[1]!.id])
+      const done = first[0]!
+      if (done._tag !== "task") return assert.fail("expected a task frame")
+      yield* queue.complete("sess-cap", done.taskId, { status: 200, body: { ok: true } }, done.attempt)
+      yield* eventually(Effect.map(Queue.size(frames), (n) => n >= 1), "a third task frame")
+      yield* settle
+      const next = yield* taskFrames(frames)
+      assert.deepStrictEqual(next.map((f) => f.taskId), [tasks[2]!.id])
+    }).pipe(Effect.provide(Manual)))
+
+  it.scoped("a task frame carries the attempt, the row's name and model, and the request body unchanged", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry
+      yield* registry.register("pub", {
+        sessionId: "sess-frame",
+        providers: [{ name: "framed", type: "openai", model: "Qwen/Qwen2.5-7B", pool: "qwen" }]
+      })
+      const { frames } = yield* openStream("sess-frame", yield* Scope.make())
+      const task = yield* enqueue("qwen", "what is in the frame")
+      yield* eventually(Effect.map(Queue.size(frames), (n) => n >= 1), "the task frame")
+      const [frame] = yield* taskFrames(frames)
+      assert.deepStrictEqual(frame, {
+        _tag: "task",
+        kind: "infer",
+        taskId: task.id,
+        attempt: 1,
+        llmName: "framed",
+        model: "Qwen/Qwen2.5-7B",
+        path: "/v1/chat/completions",
+        streaming: false,
+        body: { model: "qwen", messages: [{ role: "user", content: "what is in the frame" }] }
+      })
+    }).pipe(Effect.provide(Manual)))
+
+  it.scoped("cancelling a held task sends the holder a cancel frame", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry
+      const queue = yield* TaskQueue
+      yield* registry.register("pub", { sessionId: "sess-cancel", providers: [provider("cancelme")] })
+      const { frames } = yield* openStream("sess-cancel", yield* Scope.make())
+      const task = yield* enqueue("cancelme")
+      yield* eventually(Effect.map(Queue.size(frames), (n) => n >= 1), "the task frame")
+      yield* Queue.takeAll(frames)
+      yield* queue.cancel(task.id, "the client closed the connection")
+      yield* eventually(Effect.map(Queue.size(frames), (n) => n >= 1), "the cancel frame")
+      const [frame] = Chunk.toReadonlyArray(yield* Queue.takeAll(frames))
+      assert.deepStrictEqual(frame, { _tag: "cancel", taskId: task.id, reason: "the client closed the connection" })
+    }).pipe(Effect.provide(Manual)))
+
+  it.scoped("a second stream replaces the first without unbinding; closing the current one unbinds", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry
+      yield* registry.register("pub", { sessionId: "sess-twice", providers: [provider("twice")] })
+      const firstScope = yield* Scope.make()
+      const first = yield* openStream("sess-twice", firstScope)
+      const task = yield* enqueue("twice")
+      yield* eventually(Effect.map(taskStatus(task.id), (s) => s === "claimed"), "the claim")
+      const secondScope = yield* Scope.make()
+      yield* openStream("sess-twice", secondScope)
+      yield* Fiber.join(first.fiber) // the first stream ended
+      yield* Scope.close(firstScope, Effect.void as never)
+      assert.strictEqual(yield* status("twice"), "active")
+      assert.strictEqual(yield* taskStatus(task.id), "claimed")
+      yield* Scope.close(secondScope, Effect.void as never)
+      assert.strictEqual(yield* status("twice"), "inactive")
+      assert.strictEqual(yield* taskStatus(task.id), "pending")
+    }).pipe(Effect.provide(Manual)))
+})
+
+describe("the scheduled sweep", () => {
+  it.scoped("flips a silent row past 90 s and not before, and deletes it past 4 h inactive", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry
+      yield* registry.register("pub", { sessionId: "sess-sched", providers: [provider("sched")] })
+      yield* TestClock.adjust("89 seconds") // a pass runs at 89 s: nothing is stale yet
+      yield* settle
+      assert.strictEqual(yield* status("sched"), "active")
+      yield* TestClock.adjust("16 seconds") // the next pass, at 104 s: 104 s of silence
+      yield* eventually(Effect.map(status("sched"), (s) => s === "inactive"), "the row to go inactive")
+      yield* TestClock.adjust("3 hours")
+      yield* settle
+      assert.isTrue(Option.isSome(yield* registry.findByName("sched")), "kept before 4 h")
+      // TestClock wakes the fiber at its scheduled moment (15 s after the
+      // last pass): move past 4 h, then on to the pass after that.
+      yield* TestClock.adjust("1 hour")
+      yield* settle
+      yield* TestClock.adjust("16 seconds")
+      yield* eventually(Effect.map(registry.findByName("sched"), Option.isNone), "the row to be deleted")
+    }).pipe(Effect.provide(Scheduled)))
+
+  it.scoped("reverts a claim nobody acknowledged within 30 s, on schedule", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry
+      const queue = yield* TaskQueue
+      yield* registry.register("pub", { sessionId: "sess-noack", providers: [provider("noack", 1)] })
+      yield* registry.bindSession("sess-noack")
+      const task = yield* enqueue("noack")
+      const frames = yield* queue.claimFor("sess-noack")
+      assert.strictEqual(frames.length, 1)
+      yield* TestClock.adjust("29 seconds")
+      yield* settle
+      assert.strictEqual(yield* taskStatus(task.id), "claimed")
+      yield* TestClock.adjust("16 seconds")
+      yield* eventually(Effect.map(taskStatus(task.id), (s) => s === "pending"), "the revert")
+    }).pipe(Effect.provide(Scheduled)))
+})
