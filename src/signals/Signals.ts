@@ -6,12 +6,13 @@
  * (one broker); a LISTEN/NOTIFY one would keep the same interface.
  */
 import { Context, Effect, Layer, Queue, type Scope } from "effect"
+import type { TaskStatus } from "../domain/Task.js"
 
 export type TaskEvent =
   /** A batch of output, `seq` counting batches from 1. */
   | { readonly _tag: "Chunks"; readonly seq: number; readonly chunks: ReadonlyArray<string> }
-  /** The task's row changed (status, holder): re-read it. */
-  | { readonly _tag: "Changed" }
+  /** The task's row changed to `status` (a waiter re-reads the row only when it is terminal). */
+  | { readonly _tag: "Changed"; readonly status: TaskStatus }
 
 export type SessionEvent =
   | { readonly _tag: "Cancel"; readonly taskId: string; readonly reason: string }

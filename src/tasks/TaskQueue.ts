@@ -106,7 +106,7 @@ export const make = Effect.gen(function* () {
   const config = yield* RelayConfig
   const instanceId = yield* InstanceId
 
-  const changed = (taskId: string) => signals.publishTask(taskId, { _tag: "Changed" })
+  const changed = (taskId: string, status: TaskStatus) => signals.publishTask(taskId, { _tag: "Changed", status })
 
   /** After a revert or timeout: waiters re-read, pools with work again wake, holders stop and may claim. */
   const announce = (moved: ReadonlyArray<Moved>, cancelReason?: string) =>
@@ -114,7 +114,7 @@ export const make = Effect.gen(function* () {
       moved,
       (task) =>
         Effect.all([
-          changed(task.id),
+          changed(task.id, task.status),
           task.status === "pending" ? signals.wakePool(task.pool) : Effect.void,
           task.previousHolder !== null && cancelReason !== undefined
             ? signals.publishSession(task.previousHolder, { _tag: "Cancel", taskId: task.id, reason: cancelReason })
@@ -202,7 +202,7 @@ export const make = Effect.gen(function* () {
           streaming: task.streaming,
           body: task.requestBody
         })
-        yield* changed(task.id)
+        yield* changed(task.id, "claimed")
       }
     }
     return frames
@@ -243,7 +243,7 @@ export const make = Effect.gen(function* () {
   const ack = Effect.fn("TaskQueue.ack")(function* (sessionId: string, taskId: string, attempt?: number) {
     const h = holder(sessionId, taskId, attempt)
     if (!(yield* repo.ack(h, yield* now))) return yield* diagnose(h, false)
-    yield* changed(taskId)
+    yield* changed(taskId, "running")
   })
 
   const appendChunks = Effect.fn("TaskQueue.appendChunks")(
@@ -256,15 +256,15 @@ export const make = Effect.gen(function* () {
     }
   )
 
-  const finished = (sessionId: string, taskId: string) =>
-    Effect.zipRight(changed(taskId), signals.publishSession(sessionId, { _tag: "Freed" }))
+  const finished = (sessionId: string, taskId: string, status: TaskStatus) =>
+    Effect.zipRight(changed(taskId, status), signals.publishSession(sessionId, { _tag: "Freed" }))
 
   const complete = Effect.fn("TaskQueue.complete")(
     function* (sessionId: string, taskId: string, result: { status: number; body?: unknown }, attempt?: number) {
       const h = holder(sessionId, taskId, attempt)
       const done = yield* repo.complete(h, result.status, result.body, yield* now)
       if (Option.isNone(done)) return yield* diagnose(h, true)
-      yield* finished(sessionId, taskId)
+      yield* finished(sessionId, taskId, "completed")
     }
   )
 
@@ -278,7 +278,7 @@ export const make = Effect.gen(function* () {
       const h = holder(sessionId, taskId, attempt)
       const done = yield* repo.fail(h, error, yield* now)
       if (Option.isNone(done)) return yield* diagnose(h, false)
-      yield* finished(sessionId, taskId)
+      yield* finished(sessionId, taskId, "error")
     }
   )
 
@@ -287,7 +287,7 @@ export const make = Effect.gen(function* () {
     const cancelled = yield* repo.cancel(taskId, reason, yield* now)
     if (Option.isSome(cancelled)) {
       const row = cancelled.value
-      yield* changed(taskId)
+      yield* changed(taskId, "cancelled")
       if (row.claimedBy !== null) {
         yield* signals.publishSession(row.claimedBy, { _tag: "Cancel", taskId, reason })
         yield* signals.publishSession(row.claimedBy, { _tag: "Freed" })
@@ -363,32 +363,36 @@ export const make = Effect.gen(function* () {
           nextSeq += 1
           return mailbox.offerAll(batch.chunks)
         }, { discard: true })
-      const replay = Effect.flatMap(repo.chunksFrom(taskId, nextSeq), deliver)
-      const settle = (row: TaskRow) =>
+      const replay = Effect.suspend(() => Effect.flatMap(repo.chunksFrom(taskId, nextSeq), deliver))
+      /** Catch up from the row: replay batches not seen yet; end if it is terminal. */
+      const catchUp = (row: TaskRow) =>
         Effect.gen(function* () {
+          if (row.chunkCount >= nextSeq) yield* replay
           if (!isTerminal(row.status)) return false
-          yield* replay
           yield* mailbox.end
           yield* Deferred.complete(result, outcome(row))
           return true
         })
       const check = Effect.flatMap(repo.find(taskId), (row) =>
-        Option.isNone(row) ? Effect.as(Deferred.fail(result, new TaskCancelled({ message: `task '${taskId}' is gone` })), true) : settle(row.value))
+        Option.isNone(row)
+          ? Effect.as(Deferred.fail(result, new TaskCancelled({ message: `task '${taskId}' is gone` })), true)
+          : catchUp(row.value))
 
-      const onEvent = (event: TaskEvent) =>
-        event._tag === "Chunks" && event.seq === nextSeq
-          ? Effect.as(deliver([event]), false)
-          : event._tag === "Chunks" && event.seq < nextSeq
-          ? Effect.succeed(false)
-          : Effect.zipRight(replay, check)
+      // Signals say what changed, so only a gap in the batches or a terminal
+      // status costs a read; the poll re-reads in case a signal was missed.
+      const onEvent = (event: TaskEvent) => {
+        if (event._tag === "Chunks") {
+          if (event.seq === nextSeq) return Effect.as(deliver([event]), false)
+          return event.seq < nextSeq ? Effect.succeed(false) : check
+        }
+        return isTerminal(event.status) ? check : Effect.succeed(false)
+      }
 
       const follow = Effect.gen(function* () {
-        yield* replay
-        if (yield* settle(initial.value)) return
+        if (yield* catchUp(initial.value)) return
         while (true) {
           const event = yield* Queue.take(events).pipe(Effect.timeout(config.pollInterval), Effect.option)
-          const done = Option.isSome(event) ? yield* onEvent(event.value) : yield* Effect.zipRight(replay, check)
-          if (done) return
+          if (yield* (Option.isSome(event) ? onEvent(event.value) : check)) return
         }
       })
       const expire = Effect.gen(function* () {
