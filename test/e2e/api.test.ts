@@ -5,7 +5,7 @@
 import OpenAI from "openai"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { startBroker, type TestBroker } from "../support/broker.js"
-import { autoServe, chunk, completion, RawPublisher } from "../support/rawPublisher.js"
+import { autoServe, chunk, completion, parseSse, RawPublisher, type SseEvent } from "../support/rawPublisher.js"
 
 let broker: TestBroker
 let clientToken: string
@@ -396,6 +396,112 @@ describe("async task API", () => {
     const again = await fetchJson(`/v1/tasks/${mine.body.id}`, { method: "DELETE", token: clientToken })
     assert.strictEqual(again.status, 200)
     assert.strictEqual(again.body.status, "cancelled")
+  })
+})
+
+describe("relay headers and task streams", () => {
+  it("X-Relay-Max-Wait: the call waits queued and is served by a publisher that comes online", async () => {
+    const name = unique("late")
+    const publisher = new RawPublisher(broker.url, publisherToken)
+    await publisher.register([{ name }])
+    await publisher.request("DELETE", `/v1/publishers/sessions/${publisher.sessionId}`)
+    const call = client.chat.completions.create(
+      { model: name, messages: [{ role: "user", content: "wait for me" }] },
+      { headers: { "X-Relay-Max-Wait": "10" } }
+    )
+    await new Promise((r) => setTimeout(r, 300))
+    await publisher.register([{ name }])
+    await publisher.connect()
+    const stop = autoServe(publisher, (task) =>
+      publisher.post(task.taskId, "result", { body: completion("served late"), attempt: task.attempt }))
+    const answer = await call
+    stop()
+    publisher.disconnect()
+    assert.strictEqual(answer.choices[0]!.message.content, "served late")
+  })
+
+  it("X-Relay-Max-Wait running out with nobody online: 503 PublisherOffline, the task cancelled", async () => {
+    const name = unique("never")
+    const publisher = new RawPublisher(broker.url, publisherToken)
+    await publisher.register([{ name }])
+    await publisher.request("DELETE", `/v1/publishers/sessions/${publisher.sessionId}`)
+    const response = await fetch(`${broker.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${clientToken}`, "content-type": "application/json", "x-relay-max-wait": "0.3" },
+      body: JSON.stringify({ model: name, messages: [{ role: "user", content: "anyone?" }] })
+    })
+    assert.strictEqual(response.status, 503)
+    assert.strictEqual(((await response.json()) as { error: { type: string } }).error.type, "PublisherOffline")
+    const taskId = response.headers.get("x-relay-task-id")
+    assert.isString(taskId)
+    const task = await fetchJson(`/v1/tasks/${taskId}`, { token: clientToken })
+    assert.strictEqual(task.body.status, "cancelled")
+  })
+
+  it("a bad relay header is a 400 naming it, and makes no task", async () => {
+    const name = unique("strict")
+    const publisher = await online([{ name }])
+    const response = await fetch(`${broker.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${clientToken}`, "content-type": "application/json", "x-relay-timeout": "soon" },
+      body: JSON.stringify({ model: name, messages: [] })
+    })
+    assert.strictEqual(response.status, 400)
+    assert.include(((await response.json()) as { error: { message: string } }).error.message, "X-Relay-Timeout")
+    assert.isNull(response.headers.get("x-relay-task-id"))
+    publisher.disconnect()
+  })
+
+  it("X-Relay-Timeout: 504 Timeout when the publisher is too slow, the task cancelled and the holder told", async () => {
+    const name = unique("slowpoke")
+    const publisher = await online([{ name }])
+    const response = await fetch(`${broker.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${clientToken}`, "content-type": "application/json", "x-relay-timeout": "0.5" },
+      body: JSON.stringify({ model: name, messages: [{ role: "user", content: "take your time" }] })
+    })
+    assert.strictEqual(response.status, 504)
+    assert.strictEqual(((await response.json()) as { error: { type: string } }).error.type, "Timeout")
+    const task = await publisher.nextTask()
+    await publisher.until(() => publisher.cancels().find((c) => c.taskId === task.taskId), "the cancel frame")
+    const late = await publisher.post(task.taskId, "result", { body: completion("too late"), attempt: task.attempt })
+    assert.strictEqual(late.status, 410)
+    publisher.disconnect()
+  })
+
+  it("GET /v1/tasks/:id/events streams status, the chunks in order, then done", async () => {
+    const name = unique("evented")
+    const publisher = await online([{ name }])
+    const created = await fetchJson("/v1/tasks", {
+      method: "POST",
+      token: clientToken,
+      body: JSON.stringify({ model: name, body: { model: name, stream: true, messages: [] } })
+    })
+    const task = await publisher.nextTask()
+    // two batches before the client attaches (replayed), one after
+    await publisher.post(task.taskId, "chunks", { chunks: [chunk("a"), chunk("b")], attempt: task.attempt })
+    await publisher.post(task.taskId, "chunks", { chunks: [chunk("c")], attempt: task.attempt })
+    const response = await fetch(`${broker.url}/v1/tasks/${created.body.id}/events`, {
+      headers: { authorization: `Bearer ${clientToken}` }
+    })
+    assert.strictEqual(response.status, 200)
+    const events: Array<SseEvent> = []
+    const reading = (async () => {
+      for await (const event of parseSse(response.body!)) {
+        events.push(event)
+        if (event.event === "done") return
+      }
+    })()
+    await new Promise((r) => setTimeout(r, 200))
+    await publisher.post(task.taskId, "chunks", { chunks: [chunk("d")], attempt: task.attempt })
+    await publisher.post(task.taskId, "result", { attempt: task.attempt })
+    await reading
+    publisher.disconnect()
+    assert.strictEqual(events[0]!.event, "status")
+    const contents = events.filter((e) => e.event === "chunk").map((e) => JSON.parse(e.data).choices[0].delta.content)
+    assert.deepStrictEqual(contents, ["a", "b", "c", "d"])
+    const done = JSON.parse(events[events.length - 1]!.data)
+    assert.strictEqual(done.status, "completed")
   })
 })
 
