@@ -4,7 +4,7 @@
  * start (no admin token stored yet) generates one and prints it once.
  */
 import { SqlClient } from "@effect/sql"
-import { Config, Context, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { Cache, Config, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
 import * as Crypto from "node:crypto"
 import { now } from "../config.js"
 import { NotFound } from "../domain/Errors.js"
@@ -47,14 +47,28 @@ export const make = Effect.gen(function* () {
       UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ${yield* now})
       WHERE id = ${id} RETURNING id, name, role, created_at, revoked_at`)
     if (updated.length === 0) return yield* new NotFound({ message: `no token '${id}'` })
+    yield* known.invalidateAll
   })
 
-  /** The principal of a presented secret, or None (unknown or revoked). */
-  const verify = (token: string): Effect.Effect<Option.Option<Principal>> =>
+  const lookup = (hash: string): Effect.Effect<Option.Option<Principal>> =>
     rows(sql`SELECT id, name, role, created_at, revoked_at FROM api_tokens
-      WHERE token_hash = ${hashToken(token)} AND revoked_at IS NULL`).pipe(
+      WHERE token_hash = ${hash} AND revoked_at IS NULL`).pipe(
       Effect.map((r) => Option.map(Option.fromNullable(r[0]), ({ id, name, role }) => ({ id, name, role })))
     )
+
+  /**
+   * Every request presents a token: known ones are remembered for a few
+   * seconds (by hash), so the hot path does not read `api_tokens` each time.
+   * Revoking on this broker forgets them at once; another broker instance
+   * notices within the TTL.
+   */
+  const known = yield* Cache.make({ capacity: 10_000, timeToLive: Duration.seconds(5), lookup })
+
+  /** The principal of a presented secret, or None (unknown or revoked). */
+  const verify = (token: string): Effect.Effect<Option.Option<Principal>> => {
+    const hash = hashToken(token)
+    return Effect.tap(known.get(hash), (principal) => (Option.isNone(principal) ? known.invalidate(hash) : Effect.void))
+  }
 
   /**
    * Make sure an admin can get in: the env token is (re)stored under a fixed
@@ -68,6 +82,7 @@ export const make = Effect.gen(function* () {
       yield* sql`INSERT INTO api_tokens (id, name, role, token_hash, created_at)
         VALUES (${ENV_ADMIN_ID}, 'RELAY_ADMIN_TOKEN', 'admin', ${hashToken(secret)}, ${at})
         ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash, revoked_at = NULL`.pipe(Effect.orDie)
+      yield* known.invalidateAll
       return Option.none<CreatedToken>()
     }
     const admins = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM api_tokens

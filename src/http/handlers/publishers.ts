@@ -1,8 +1,9 @@
 import { HttpApiBuilder } from "@effect/platform"
-import { Effect, Schedule, Stream } from "effect"
+import { Cache, Duration, Effect, Option, Schedule, Stream } from "effect"
 import { RelayConfig } from "../../config.js"
 import { Forbidden } from "../../domain/Errors.js"
 import type { Frame } from "../../domain/Frames.js"
+import { SessionNotFound } from "../../domain/Llm.js"
 import { Registry } from "../../registry/Registry.js"
 import { Sessions } from "../../sessions/Sessions.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
@@ -22,15 +23,29 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
     const queue = yield* TaskQueue
     const config = yield* RelayConfig
 
-    /** The session, if it exists (404) and the caller owns it (403; admin owns all). */
+    /**
+     * A session's owner never changes (registration refuses another
+     * principal), so it is remembered: publisher posts, the hot path, then
+     * cost no extra query.
+     */
+    const owners = yield* Cache.make({
+      capacity: 100_000,
+      timeToLive: Duration.minutes(10),
+      lookup: (sessionId: string) => Effect.map(registry.findSession(sessionId), Option.map((s) => s.principalId))
+    })
+
+    /** The session must exist (404) and be the caller's (403; admin owns all). */
     const ownSession = (sessionId: string) =>
       Effect.gen(function* () {
         const principal = yield* requireRole("publisher")
-        const session = yield* registry.getSession(sessionId)
-        if (principal.role !== "admin" && session.principalId !== principal.id) {
+        const owner = yield* owners.get(sessionId)
+        if (Option.isNone(owner)) {
+          yield* owners.invalidate(sessionId)
+          return yield* new SessionNotFound({ message: `no publisher session '${sessionId}'` })
+        }
+        if (principal.role !== "admin" && owner.value !== principal.id) {
           return yield* new Forbidden({ message: `session '${sessionId}' belongs to another principal` })
         }
-        return session
       })
 
     return handlers
