@@ -177,11 +177,15 @@ describe("the scheduled sweep", () => {
     Effect.gen(function* () {
       const registry = yield* Registry
       yield* registry.register("pub", { sessionId: "sess-sched", providers: [provider("sched")] })
-      yield* TestClock.adjust("89 seconds") // a pass runs at 89 s: nothing is stale yet
+      yield* TestClock.adjust("60 seconds")
+      yield* settle
+      yield* registry.register("pub", { sessionId: "sess-fresh", providers: [provider("fresh")] })
+      yield* TestClock.adjust("29 seconds") // passes up to 89 s: nothing is stale yet
       yield* settle
       assert.strictEqual(yield* status("sched"), "active")
-      yield* TestClock.adjust("16 seconds") // the next pass, at 104 s: 104 s of silence
+      yield* TestClock.adjust("16 seconds") // the next pass, at 104 s: 104 s of silence, 44 s for the fresh row
       yield* eventually(Effect.map(status("sched"), (s) => s === "inactive"), "the row to go inactive")
+      assert.strictEqual(yield* status("fresh"), "active")
       yield* TestClock.adjust("3 hours")
       yield* settle
       assert.isTrue(Option.isSome(yield* registry.findByName("sched")), "kept before 4 h")
