@@ -348,8 +348,9 @@ export const make = Effect.gen(function* () {
    * output batches in order (replayed from the database for a late waiter or
    * a missed event) and its outcome. The follower fiber lives in the Scope.
    */
-  const waitFor = (taskId: string, timeout: Duration.Duration) =>
+  const waitFor = (taskId: string, timeoutInput: Duration.DurationInput) =>
     Effect.gen(function* () {
+      const timeout = Duration.decode(timeoutInput)
       const events = yield* signals.subscribeTask(taskId)
       const initial = yield* repo.find(taskId)
       if (Option.isNone(initial)) return yield* new TaskNotFound({ message: `no task '${taskId}'` })
@@ -421,7 +422,7 @@ export const make = Effect.gen(function* () {
     sweep,
     waitFor: waitFor as (
       taskId: string,
-      timeout: Duration.Duration
+      timeout: Duration.DurationInput
     ) => Effect.Effect<Waiter, TaskNotFound, Scope.Scope>,
     hasActiveMember
   } as const
