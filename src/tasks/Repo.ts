@@ -13,6 +13,8 @@ import { Task, TaskStatus as TaskStatusSchema } from "../domain/Task.js"
 /** A row of `inference_tasks` as the database returns it (names camel-cased). */
 export const TaskRow = Schema.Struct({
   id: Schema.String,
+  /** Enqueue order (bigint: the driver may hand it over as a string). */
+  seq: Schema.Union(Schema.Number, Schema.NumberFromString),
   status: TaskStatusSchema,
   pool: Schema.String,
   llmName: Schema.NullOr(Schema.String),
@@ -188,7 +190,7 @@ export const make = Effect.gen(function* () {
           attempts = t.attempts + 1, updated_at = ${at}
       FROM picked WHERE t.id = picked.id
       RETURNING t.*`).pipe(
-      Effect.map((claimed) => [...claimed].sort((a, b) => b.priority - a.priority || +a.createdAt - +b.createdAt))
+      Effect.map((claimed) => [...claimed].sort((a, b) => b.priority - a.priority || +a.createdAt - +b.createdAt || a.seq - b.seq))
     )
 
   const ack = (h: Holder, at: Date) =>
