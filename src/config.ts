@@ -16,8 +16,14 @@ export interface RelayConfigShape {
   readonly sweepInterval: Duration.Duration
   readonly keepaliveInterval: Duration.Duration
   readonly syncTimeout: Duration.Duration
-  /** How often waiters and actors re-check the database when no signal came. */
+  /** How often a waiter re-checks its task when no signal came. */
   readonly pollInterval: Duration.Duration
+  /**
+   * How often an idle session actor looks for work when no signal came. Every
+   * change that frees work signals its pool, so this is a safety net; it is
+   * long because an idle broker may hold thousands of sessions.
+   */
+  readonly sessionPollInterval: Duration.Duration
   readonly maxAttempts: number
   readonly maxBodyBytes: number
   /** Rows deleted per statement by the retention sweep. */
@@ -36,6 +42,7 @@ export const defaults: RelayConfigShape = {
   keepaliveInterval: Duration.seconds(15),
   syncTimeout: Duration.seconds(600),
   pollInterval: Duration.seconds(5),
+  sessionPollInterval: Duration.seconds(60),
   maxAttempts: 3,
   maxBodyBytes: 8 * 1024 * 1024,
   retentionBatchSize: 1000
@@ -62,6 +69,7 @@ export const fromEnv: Config.Config<RelayConfigShape> = Config.all({
   keepaliveInterval: duration("RELAY_KEEPALIVE_INTERVAL", defaults.keepaliveInterval),
   syncTimeout: duration("RELAY_SYNC_TIMEOUT", defaults.syncTimeout),
   pollInterval: duration("RELAY_POLL_INTERVAL", defaults.pollInterval),
+  sessionPollInterval: duration("RELAY_SESSION_POLL_INTERVAL", defaults.sessionPollInterval),
   maxAttempts: integer("RELAY_MAX_ATTEMPTS", defaults.maxAttempts),
   maxBodyBytes: integer("RELAY_MAX_BODY_BYTES", defaults.maxBodyBytes),
   retentionBatchSize: integer("RELAY_RETENTION_BATCH_SIZE", defaults.retentionBatchSize)

@@ -59,7 +59,7 @@ export const make = Effect.gen(function* () {
           if (frames.length > 0) yield* mailbox.offerAll(frames)
           // A full claim may have left more work: look again at once.
           if (frames.length === 0) {
-            yield* Queue.take(wake).pipe(Effect.timeout(config.pollInterval), Effect.ignore)
+            yield* Queue.take(wake).pipe(Effect.timeout(config.sessionPollInterval), Effect.ignore)
           }
         }
       })
