@@ -5,7 +5,7 @@
  * One connection fiber registers (with a sticky session id), reads the task
  * stream and heartbeats; when the connection drops it reconnects with capped
  * exponential backoff and jitter. Each `task` frame becomes a fiber in a
- * FiberMap keyed by task id: ack, call the upstream (at most `maxConcurrent`
+ * FiberMap keyed by task id: call the upstream (acking if it takes a while) (at most `maxConcurrent`
  * per provider), post chunks in batches, post the result. A `cancel` frame or
  * a 410 interrupts that fiber, which aborts the upstream request. Closing the
  * scope (SIGTERM) stops taking tasks, lets in-flight ones finish (bounded),
@@ -40,6 +40,8 @@ export interface PublisherOptions {
   readonly drainTimeout?: Duration.Duration | undefined
   /** Cap of the reconnect backoff (default 30 s). */
   readonly maxBackoff?: Duration.Duration | undefined
+  /** A task still running after this is acknowledged explicitly (default 2 s). */
+  readonly ackAfter?: Duration.Duration | undefined
 }
 
 /** The publisher cannot go on: bad token, a name another session holds at start, bad providers. */
@@ -112,6 +114,7 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
     const server = options.server.replace(/\/+$/, "")
     const drainTimeout = options.drainTimeout ?? Duration.seconds(30)
     const maxBackoff = Duration.toMillis(options.maxBackoff ?? Duration.seconds(30))
+    const ackAfter = options.ackAfter ?? Duration.seconds(2)
     const providers = new Map(options.providers.map((p) => [p.name, p] as const))
     const permits = new Map<string, Effect.Semaphore>()
     for (const p of options.providers) permits.set(p.name, yield* Effect.makeSemaphore(p.maxConcurrent))
@@ -246,8 +249,14 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
             yield* post(sessionId, frame, "error", { status: 502, message: `this publisher has no provider '${frame.llmName}'` })
             return "error 502"
           }
-          yield* post(sessionId, frame, "ack", {})
-          return yield* permits.get(provider.name)!.withPermits(1)(relay(sessionId, frame, provider))
+          // A chunk or the result counts as the ack: a task that ends quickly
+          // needs no ack round trip; a slow one is acked after `ackAfter`
+          // (well within the broker's 30 s claim timeout).
+          const ackLater = Effect.sleep(ackAfter).pipe(
+            Effect.zipRight(post(sessionId, frame, "ack", {})),
+            Effect.zipRight(Effect.never)
+          )
+          return yield* Effect.raceFirst(permits.get(provider.name)!.withPermits(1)(relay(sessionId, frame, provider)), ackLater)
         }).pipe(
           Effect.catchTag("TaskStopped", (e) =>
             Effect.succeed(e.status === 410 ? "cancelled" : `stopped (${e.status || "broker"}: ${e.message})`)),

@@ -7,12 +7,15 @@
  */
 import { Context, Effect, Layer, Queue, type Scope } from "effect"
 import type { TaskStatus } from "../domain/Task.js"
+import type { TaskRow } from "../tasks/Repo.js"
 
 export type TaskEvent =
   /** A batch of output, `seq` counting batches from 1. */
   | { readonly _tag: "Chunks"; readonly seq: number; readonly chunks: ReadonlyArray<string> }
   /** The task's row changed to `status` (a waiter re-reads the row only when it is terminal). */
   | { readonly _tag: "Changed"; readonly status: TaskStatus }
+  /** The task ended; the row as it ended travels along, so waiters need not read it. */
+  | { readonly _tag: "Finished"; readonly row: TaskRow }
 
 export type SessionEvent =
   | { readonly _tag: "Cancel"; readonly taskId: string; readonly reason: string }

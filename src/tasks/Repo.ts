@@ -314,14 +314,6 @@ export const make = Effect.gen(function* () {
         Effect.orDie
       )
 
-  /** Whether a model (a row's name or a pool) has an active virtual member. */
-  const hasActiveMember = (model: string) =>
-    sql`SELECT EXISTS (SELECT 1 FROM llms WHERE (name = ${model} OR pool = ${model})
-                       AND kind = 'virtual' AND status = 'active') AS online`.pipe(
-      Effect.map((r) => (r[0] as { readonly online: boolean }).online),
-      Effect.orDie
-    )
-
   return {
     insert,
     find,
@@ -339,8 +331,7 @@ export const make = Effect.gen(function* () {
     expirePending,
     timeoutRunning,
     deleteFinished,
-    chunksFrom,
-    hasActiveMember
+    chunksFrom
   } as const
 })
 

@@ -10,6 +10,7 @@ import * as Crypto from "node:crypto"
 import { cutoff, InstanceId, now, RelayConfig } from "../config.js"
 import { BadRequest } from "../domain/Errors.js"
 import type { TaskFrame } from "../domain/Frames.js"
+import type { Llm } from "../domain/Llm.js"
 import {
   isTerminal,
   ModelNotFound,
@@ -46,6 +47,14 @@ export interface ListRequest {
   readonly agentId?: string | undefined
   readonly cursor?: string | undefined
   readonly limit: number
+}
+
+/** Where a model's tasks are queued, and whether anyone serves it now. */
+export interface Route {
+  readonly pool: string
+  readonly llmName: string | null
+  readonly tier: string
+  readonly online: boolean
 }
 
 export type WaitError = Timeout | TaskCancelled | UpstreamError | PublisherDisconnected | PublisherOffline
@@ -128,24 +137,38 @@ export const make = Effect.gen(function* () {
    * A model names a row (pinned to it) unless that row is its own pool, in
    * which case it names the pool (any member), like a bare pool name does.
    */
-  const enqueue = Effect.fn("TaskQueue.enqueue")(function* (request: EnqueueRequest) {
-    const rows = yield* registry.resolve(request.model)
-    if (rows.length === 0) return yield* new ModelNotFound({ message: `the model '${request.model}' does not exist` })
-    const named = rows.find((row) => row.name === request.model)
+  /**
+   * Where a model's tasks go: a model names a row (pinned to it) unless that
+   * row is its own pool, in which case it names the pool (any member), like a
+   * bare pool name does. `online`: some member is active now.
+   */
+  const route = Effect.fn("TaskQueue.route")(function* (model: string, known?: ReadonlyArray<Llm>) {
+    const rows = known ?? (yield* registry.resolve(model))
+    if (rows.length === 0) return yield* new ModelNotFound({ message: `the model '${model}' does not exist` })
+    const named = rows.find((row) => row.name === model)
     if (named !== undefined && named.kind === "public") {
-      return yield* new NotVirtual({ message: `'${request.model}' is a public LLM; it has no publisher to queue for` })
+      return yield* new NotVirtual({ message: `'${model}' is a public LLM; it has no publisher to queue for` })
     }
     const pinned = named !== undefined && named.pool !== named.name
-    const members = rows.filter((row) => row.kind === "virtual" && (pinned ? row === named : row.pool === request.model))
-    if (members.length === 0) {
-      return yield* new NotVirtual({ message: `the pool '${request.model}' has no virtual members` })
-    }
+    const members = rows.filter((row) => row.kind === "virtual" && (pinned ? row === named : row.pool === model))
+    if (members.length === 0) return yield* new NotVirtual({ message: `the pool '${model}' has no virtual members` })
+    return {
+      pool: pinned ? named.pool : model,
+      llmName: pinned ? named.name : null,
+      tier: members[0]!.tier,
+      online: members.some((row) => row.status === "active")
+    } satisfies Route
+  })
+
+  /** Queues a task; `route` (from `TaskQueue.route`) saves looking the model up again. */
+  const enqueue = Effect.fn("TaskQueue.enqueue")(function* (request: EnqueueRequest, routed?: Route) {
+    const target = routed ?? (yield* route(request.model))
     const row = yield* repo.insert({
       id: Crypto.randomUUID(),
-      pool: pinned ? named.pool : request.model,
-      llmName: pinned ? named.name : null,
+      pool: target.pool,
+      llmName: target.llmName,
       model: request.model,
-      tier: members[0]!.tier,
+      tier: target.tier,
       path: request.path,
       streaming: request.streaming,
       priority: request.priority ?? 0,
@@ -256,15 +279,18 @@ export const make = Effect.gen(function* () {
     }
   )
 
-  const finished = (sessionId: string, taskId: string, status: TaskStatus) =>
-    Effect.zipRight(changed(taskId, status), signals.publishSession(sessionId, { _tag: "Freed" }))
+  const finished = (sessionId: string, row: TaskRow) =>
+    Effect.zipRight(
+      signals.publishTask(row.id, { _tag: "Finished", row }),
+      signals.publishSession(sessionId, { _tag: "Freed" })
+    )
 
   const complete = Effect.fn("TaskQueue.complete")(
     function* (sessionId: string, taskId: string, result: { status: number; body?: unknown }, attempt?: number) {
       const h = holder(sessionId, taskId, attempt)
       const done = yield* repo.complete(h, result.status, result.body, yield* now)
       if (Option.isNone(done)) return yield* diagnose(h, true)
-      yield* finished(sessionId, taskId, "completed")
+      yield* finished(sessionId, done.value)
     }
   )
 
@@ -278,7 +304,7 @@ export const make = Effect.gen(function* () {
       const h = holder(sessionId, taskId, attempt)
       const done = yield* repo.fail(h, error, yield* now)
       if (Option.isNone(done)) return yield* diagnose(h, false)
-      yield* finished(sessionId, taskId, "error")
+      yield* finished(sessionId, done.value)
     }
   )
 
@@ -287,7 +313,7 @@ export const make = Effect.gen(function* () {
     const cancelled = yield* repo.cancel(taskId, reason, yield* now)
     if (Option.isSome(cancelled)) {
       const row = cancelled.value
-      yield* changed(taskId, "cancelled")
+      yield* signals.publishTask(taskId, { _tag: "Finished", row })
       if (row.claimedBy !== null) {
         yield* signals.publishSession(row.claimedBy, { _tag: "Cancel", taskId, reason })
         yield* signals.publishSession(row.claimedBy, { _tag: "Freed" })
@@ -386,6 +412,7 @@ export const make = Effect.gen(function* () {
           if (event.seq === nextSeq) return Effect.as(deliver([event]), false)
           return event.seq < nextSeq ? Effect.succeed(false) : check
         }
+        if (event._tag === "Finished") return catchUp(event.row)
         return isTerminal(event.status) ? check : Effect.succeed(false)
       }
 
@@ -405,9 +432,8 @@ export const make = Effect.gen(function* () {
       return { chunks: Mailbox.toStream(mailbox), result: Deferred.await(result) } satisfies Waiter
     })
 
-  const hasActiveMember = (model: string) => repo.hasActiveMember(model)
-
   return {
+    route,
     enqueue,
     get,
     list,
@@ -423,8 +449,7 @@ export const make = Effect.gen(function* () {
     waitFor: waitFor as (
       taskId: string,
       timeout: Duration.DurationInput
-    ) => Effect.Effect<Waiter, TaskNotFound, Scope.Scope>,
-    hasActiveMember
+    ) => Effect.Effect<Waiter, TaskNotFound, Scope.Scope>
   } as const
 })
 

@@ -77,18 +77,20 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
       principal: Principal,
       path: TaskPath,
       body: Record<string, unknown>,
-      request: HttpServerRequest.HttpServerRequest
+      request: HttpServerRequest.HttpServerRequest,
+      rows: ReadonlyArray<Llm>
     ) =>
       Effect.gen(function* () {
         const maxWait = yield* secondsHeader(request, "X-Relay-Max-Wait")
         const timeout = Option.getOrElse(yield* secondsHeader(request, "X-Relay-Timeout"), () => config.syncTimeout)
         const model = String(body.model)
-        const online = yield* queue.hasActiveMember(model)
+        const route = yield* queue.route(model, rows)
+        const online = route.online
         if (!online && Option.isNone(maxWait)) {
           return yield* new PublisherOffline({ message: `no publisher is online for '${model}'` })
         }
         const streaming = body.stream === true
-        const task = yield* queue.enqueue({ model, path, streaming, requestBody: body, ownerId: principal.id })
+        const task = yield* queue.enqueue({ model, path, streaming, requestBody: body, ownerId: principal.id }, route)
         const headers = { [TASK_HEADER]: task.id }
         const cancel = (reason: string) => queue.cancel(task.id, reason).pipe(Effect.ignore)
 
@@ -178,7 +180,7 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
           const row = yield* registry.findRow(model)
           if (Option.isSome(row)) return yield* proxyPublic(row.value, path, payload, request)
         }
-        return yield* relayVirtual(principal, path, payload, request)
+        return yield* relayVirtual(principal, path, payload, request, rows)
       })
 
     const modelsList = Effect.gen(function* () {
