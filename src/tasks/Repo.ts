@@ -44,7 +44,8 @@ export const TaskRow = Schema.Struct({
 export type TaskRow = typeof TaskRow.Type
 
 export const taskFromRow = (row: TaskRow): Task =>
-  Task.make({
+  // The row was decoded already: skip re-validating it (a hot path).
+  new Task({
     id: row.id as Task["id"],
     status: row.status,
     model: row.model,

@@ -402,7 +402,11 @@ export const make = Effect.gen(function* () {
         })
       const check = Effect.flatMap(repo.find(taskId), (row) =>
         Option.isNone(row)
-          ? Effect.as(Deferred.fail(result, new TaskCancelled({ message: `task '${taskId}' is gone` })), true)
+          ? Effect.as(
+            // the row was deleted under the waiter: end its output too, or a reader of `chunks` waits forever
+            Effect.zipRight(mailbox.end, Deferred.fail(result, new TaskCancelled({ message: `task '${taskId}' is gone` }))),
+            true
+          )
           : catchUp(row.value))
 
       // Signals say what changed, so only a gap in the batches or a terminal

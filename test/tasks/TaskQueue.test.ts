@@ -402,7 +402,7 @@ describe("a claim race", () => {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       const sessions = Array.from({ length: 12 }, (_, i) => `racer-session-${i}`)
-      for (const s of sessions) yield* serve(s, [{ name: `row-${s}`, pool: "race", maxConcurrent: 1000 }])
+      for (const s of sessions) yield* serve(s, [{ name: `row-${s}`, pool: "race", maxConcurrent: 8 }])
       yield* sql`INSERT INTO inference_tasks (id, pool, model, path, request_body, owner_id, created_at, updated_at)
         SELECT 'race-' || g, 'race', 'race', '/v1/chat/completions', '{}'::jsonb, 'o',
                to_timestamp(g / 1000.0), to_timestamp(g / 1000.0)
