@@ -1,10 +1,15 @@
 /** Helpers for TaskQueue tests: the queue over a fresh database, rows to enqueue against. */
 import { SqlClient } from "@effect/sql"
-import { Effect, Layer } from "effect"
+import { PgClient } from "@effect/sql-pg"
+import { Effect, Layer, Redacted } from "effect"
+import { InstanceId, RelayConfig, type RelayConfigShape } from "../../src/config.js"
+import { clientOptions } from "../../src/db/Database.js"
+import { migrate } from "../../src/db/Migrator.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { Signals } from "../../src/signals/Signals.js"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
 import { RegistryTest } from "./layers.js"
+import * as TestDatabase from "./TestDatabase.js"
 
 /** A fresh migrated database, the registry, local signals and the task queue. */
 export const QueueTest = TaskQueue.layer.pipe(Layer.provideMerge(Signals.layerLocal), Layer.provideMerge(RegistryTest))
@@ -60,3 +65,28 @@ export const insertPublic = (name: string) =>
     sql`INSERT INTO llms (id, name, kind, model, url, pool, status, created_at, updated_at)
       VALUES (${`pub-${name}`}, ${name}, 'public', 'm', 'http://upstream/v1', ${name}, 'active', ${new Date(0)}, ${new Date(0)})`
       .pipe(Effect.orDie))
+
+/**
+ * The queue over its own fresh database, with config overrides and a wider
+ * connection pool (the default pool has 10 connections; a race of 12 claimers
+ * on separate connections needs more).
+ */
+export const queueLayer = (options: {
+  readonly maxConnections?: number
+  readonly config?: Partial<RelayConfigShape>
+}) => {
+  const database = Layer.effectDiscard(migrate()).pipe(
+    Layer.provideMerge(Layer.unwrapScoped(Effect.map(TestDatabase.createDatabase, (db) =>
+      PgClient.layer({
+        url: Redacted.make(db.url),
+        ...clientOptions,
+        ...(options.maxConnections !== undefined ? { maxConnections: options.maxConnections } : {})
+      })))),
+    Layer.orDie
+  )
+  const config = Layer.merge(RelayConfig.layerWith(options.config ?? {}), Layer.succeed(InstanceId, "instance-test"))
+  return TaskQueue.layer.pipe(
+    Layer.provideMerge(Signals.layerLocal),
+    Layer.provideMerge(Registry.layer.pipe(Layer.provideMerge(Layer.merge(database, config))))
+  )
+}

@@ -1,0 +1,160 @@
+/**
+ * The task half of the sweep and the start-up recovery, under TestClock:
+ * each pass idempotent, the claim-ack timeout counting toward the attempt
+ * limit and telling the holder, retention in batches, and recovery of tasks
+ * held through a dead broker process.
+ */
+import { SqlClient } from "@effect/sql"
+import { assert, describe, it } from "@effect/vitest"
+import { Chunk, Effect, Queue, TestClock } from "effect"
+import { Registry } from "../../src/registry/Registry.js"
+import { Signals } from "../../src/signals/Signals.js"
+import { TaskQueue } from "../../src/tasks/TaskQueue.js"
+import { countTasks, enqueue, queueLayer, QueueTest, row, serve } from "../support/tasks.js"
+
+const claim = (sessionId: string) => Effect.flatMap(TaskQueue, (q) => q.claimFor(sessionId))
+
+/** Every row as it stands, to compare before and after a pass. */
+const everything = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql`SELECT * FROM inference_tasks ORDER BY seq`.pipe(Effect.map((rows) => JSON.stringify(rows)), Effect.orDie))
+
+describe("sweep", () => {
+  it.effect("a second pass at the same instant finds nothing to do and changes nothing", () =>
+    Effect.gen(function* () {
+      const queue = yield* TaskQueue
+      yield* serve("session-s", [{ name: "l", maxConcurrent: 10 }])
+      const finished = yield* enqueue("l")
+      yield* claim("session-s")
+      yield* queue.complete("session-s", finished.id, { status: 200 }, 1)
+      yield* TestClock.adjust("8 days")
+      yield* serve("session-idle", [{ name: "idle" }]) // never claims
+      yield* enqueue("idle") // will be pending too long
+      yield* TestClock.adjust("2 hours")
+      const [running, unacked] = [yield* enqueue("l"), yield* enqueue("l")]
+      yield* claim("session-s")
+      yield* queue.ack("session-s", running.id, 1)
+      yield* TestClock.adjust("31 minutes")
+      const first = yield* queue.sweep
+      assert.deepStrictEqual(first, { reverted: 1, expired: 1, timedOut: 1, deleted: 1 })
+      assert.strictEqual((yield* row(unacked.id))!.status, "pending")
+      const after = yield* everything
+      const second = yield* queue.sweep
+      assert.deepStrictEqual(second, { reverted: 0, expired: 0, timedOut: 0, deleted: 0 })
+      assert.strictEqual(yield* everything, after)
+    }).pipe(Effect.provide(QueueTest)))
+
+  it.effect("an acknowledged task is not reverted by the claim-ack timeout, nor is one that sent chunks", () =>
+    Effect.gen(function* () {
+      const queue = yield* TaskQueue
+      yield* serve("session-s", [{ name: "l", maxConcurrent: 3 }])
+      const [acked, talking, silent] = [yield* enqueue("l"), yield* enqueue("l", { streaming: true }), yield* enqueue("l")]
+      yield* claim("session-s")
+      yield* TestClock.adjust("20 seconds")
+      yield* queue.ack("session-s", acked.id, 1)
+      yield* queue.appendChunks("session-s", talking.id, ["c"], 1)
+      yield* TestClock.adjust("20 seconds")
+      assert.strictEqual((yield* queue.sweep).reverted, 1)
+      assert.strictEqual((yield* row(acked.id))!.status, "running")
+      assert.strictEqual((yield* row(talking.id))!.status, "running")
+      assert.strictEqual((yield* row(silent.id))!.status, "pending")
+    }).pipe(Effect.provide(QueueTest)))
+
+  it.effect("a claim-ack revert tells the holder to drop the task, and counts as a dispatch: the third ends error", () =>
+    Effect.gen(function* () {
+      const queue = yield* TaskQueue
+      const signals = yield* Signals
+      yield* serve("session-s", [{ name: "l" }])
+      const events = yield* signals.subscribeSession("session-s")
+      const task = yield* enqueue("l")
+      for (const attempt of [1, 2, 3]) {
+        assert.deepStrictEqual((yield* claim("session-s")).map((f) => f.attempt), [attempt])
+        yield* TestClock.adjust("31 seconds")
+        assert.strictEqual((yield* queue.sweep).reverted, 1)
+        const received = Chunk.toReadonlyArray(yield* Queue.takeAll(events))
+        assert.deepStrictEqual(received.map((e) => e._tag), ["Cancel", "Freed"])
+        assert.strictEqual(received[0]!._tag === "Cancel" && received[0]!.taskId, task.id)
+      }
+      const r = (yield* row(task.id))!
+      assert.strictEqual(r.status, "error")
+      assert.strictEqual(r.errorType, "MaxAttempts")
+      assert.deepStrictEqual(yield* claim("session-s"), [], "no fourth dispatch")
+    }).pipe(Effect.provide(QueueTest), Effect.scoped))
+
+  it.effect("pending expiry, running timeout and retention all wait past their limit, not at it", () =>
+    Effect.gen(function* () {
+      const queue = yield* TaskQueue
+      yield* serve("session-s", [{ name: "l", maxConcurrent: 10 }])
+      const done = yield* enqueue("l")
+      yield* claim("session-s")
+      yield* queue.complete("session-s", done.id, { status: 200 }, 1)
+      const running = yield* enqueue("l")
+      yield* claim("session-s")
+      yield* queue.ack("session-s", running.id, 1)
+      yield* TestClock.adjust("30 minutes")
+      assert.strictEqual((yield* queue.sweep).timedOut, 0, "exactly 30 min: still allowed")
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual((yield* queue.sweep).timedOut, 1)
+      const waiting = yield* enqueue("l")
+      yield* TestClock.adjust("1 hour")
+      assert.strictEqual((yield* queue.sweep).expired, 0, "exactly 1 h: still pending")
+      assert.strictEqual((yield* row(waiting.id))!.status, "pending")
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual((yield* queue.sweep).expired, 1)
+      // `done` finished at 0: its retention ends at exactly 7 d
+      yield* TestClock.setTime(7 * 24 * 3600 * 1000)
+      assert.strictEqual((yield* queue.sweep).deleted, 0)
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual((yield* queue.sweep).deleted, 1)
+    }).pipe(Effect.provide(QueueTest)))
+
+  it.effect("retention deletes in batches until nothing old is left: completed, error and cancelled alike", () =>
+    Effect.gen(function* () {
+      const queue = yield* TaskQueue
+      const sql = yield* SqlClient.SqlClient
+      yield* serve("session-s", [{ name: "l", maxConcurrent: 10 }])
+      const tasks = [yield* enqueue("l"), yield* enqueue("l"), yield* enqueue("l"), yield* enqueue("l"), yield* enqueue("l")]
+      yield* claim("session-s")
+      yield* queue.appendChunks("session-s", tasks[0]!.id, ["a"], 1)
+      yield* queue.complete("session-s", tasks[0]!.id, { status: 200 }, 1)
+      yield* queue.complete("session-s", tasks[1]!.id, { status: 200 }, 1)
+      yield* queue.fail("session-s", tasks[2]!.id, { message: "m", status: 500 }, 1)
+      yield* queue.cancel(tasks[3]!.id, "c")
+      yield* queue.revertHeldBy("session-s") // tasks[4] goes back to pending …
+      yield* TestClock.adjust("8 days")
+      yield* claim("session-s") // … and is taken again, now
+      yield* queue.complete("session-s", tasks[4]!.id, { status: 200 }, 2)
+      const result = yield* queue.sweep
+      assert.strictEqual(result.deleted, 4, "four old terminal tasks, two per statement")
+      assert.strictEqual(yield* countTasks, 1)
+      assert.strictEqual((yield* row(tasks[4]!.id))!.status, "completed")
+      const chunks = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM inference_task_chunks`
+      assert.strictEqual(chunks[0]!.n, 0, "their output went with them")
+    }).pipe(Effect.provide(queueLayer({ config: { retentionBatchSize: 2 } }))))
+})
+
+describe("startup recovery", () => {
+  it.effect("of a dead broker's sessions: quiet tasks go back to pending, started ones end error; rows go offline", () =>
+    Effect.gen(function* () {
+      const queue = yield* TaskQueue
+      const registry = yield* Registry
+      const sql = yield* SqlClient.SqlClient
+      yield* serve("dead-session", [{ name: "d", maxConcurrent: 3 }])
+      yield* serve("live-session", [{ name: "e" }])
+      const [quiet, started, finished] = [yield* enqueue("d"), yield* enqueue("d", { streaming: true }), yield* enqueue("d")]
+      const waiting = yield* enqueue("e")
+      yield* claim("dead-session")
+      yield* queue.appendChunks("dead-session", started.id, ["part"], 1)
+      yield* queue.complete("dead-session", finished.id, { status: 200 }, 1)
+      yield* sql`UPDATE publisher_sessions SET instance_id = 'instance-dead' WHERE id = 'dead-session'`
+      assert.strictEqual(yield* queue.startupRecovery, 2)
+      assert.strictEqual((yield* row(quiet.id))!.status, "pending")
+      assert.strictEqual((yield* row(started.id))!.errorType, "PublisherDisconnected")
+      assert.strictEqual((yield* row(finished.id))!.status, "completed")
+      assert.strictEqual((yield* row(waiting.id))!.status, "pending")
+      const rows = yield* registry.llmsOfSession("dead-session")
+      assert.deepStrictEqual(rows.map((r) => r.status), ["inactive"])
+      assert.deepStrictEqual((yield* registry.llmsOfSession("live-session")).map((r) => r.status), ["active"])
+      assert.strictEqual(yield* queue.startupRecovery, 0, "a second run finds nothing")
+      assert.deepStrictEqual((yield* claim("live-session")).map((f) => f.taskId), [waiting.id])
+    }).pipe(Effect.provide(QueueTest)))
+})
