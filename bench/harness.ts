@@ -11,20 +11,33 @@ export const agent = new Http.Agent({ keepAlive: true, maxSockets: 1024 })
 export interface Answer {
   readonly status: number
   readonly text: string
-  /** ms from send to the first body byte (streams: the first `data:` chunk) and to the end. */
+  /**
+   * ms from send to the first body byte; for an event stream, to the first
+   * `data:` line (a comment or an empty flush does not count).
+   */
   readonly firstMs: number
   readonly totalMs: number
+  /** `data:` lines in the body (an SSE answer's chunks, `[DONE]` included). */
   readonly chunks: number
 }
+
+/** A request that ran past its `timeoutMs` (it was aborted; the broker sees the client leave). */
+export class RequestTimeout extends Error {}
 
 /** One HTTP request on the shared keep-alive agent. */
 export const request = (
   url: string,
-  options: { readonly method?: string; readonly headers?: Record<string, string>; readonly body?: unknown } = {}
+  options: {
+    readonly method?: string
+    readonly headers?: Record<string, string>
+    readonly body?: unknown
+    readonly timeoutMs?: number
+  } = {}
 ): Promise<Answer> =>
   new Promise((resolve, reject) => {
     const started = performance.now()
-    const payload = options.body === undefined ? undefined : JSON.stringify(options.body)
+    const payload = options.body === undefined ? undefined : typeof options.body === "string" ? options.body : JSON.stringify(options.body)
+    let timer: NodeJS.Timeout | undefined
     const req = Http.request(url, {
       method: options.method ?? (payload === undefined ? "GET" : "POST"),
       agent,
@@ -35,19 +48,27 @@ export const request = (
     }, (res) => {
       let text = ""
       let firstMs = -1
-      let chunks = 0
+      const sse = String(res.headers["content-type"] ?? "").startsWith("text/event-stream")
       res.setEncoding("utf8")
       res.on("data", (d: string) => {
-        if (firstMs < 0) firstMs = performance.now() - started
         text += d
+        if (firstMs < 0 && (!sse || text.includes("data:"))) firstMs = performance.now() - started
       })
       res.on("end", () => {
+        if (timer !== undefined) clearTimeout(timer)
+        let chunks = 0
         for (let i = text.indexOf("data: "); i >= 0; i = text.indexOf("data: ", i + 6)) chunks++
         resolve({ status: res.statusCode ?? 0, text, firstMs, totalMs: performance.now() - started, chunks })
       })
       res.on("error", reject)
     })
-    req.on("error", reject)
+    if (options.timeoutMs !== undefined) {
+      timer = setTimeout(() => req.destroy(new RequestTimeout(`no answer within ${options.timeoutMs} ms`)), options.timeoutMs)
+    }
+    req.on("error", (e) => {
+      if (timer !== undefined) clearTimeout(timer)
+      reject(e)
+    })
     req.end(payload)
   })
 
@@ -126,32 +147,58 @@ export const closedLoop = async (send: () => Promise<Answer>, concurrency: numbe
 /**
  * Open loop: requests start on schedule (`rate` per second) whether or not
  * earlier ones finished, and latency counts from the scheduled moment, so
- * queueing shows instead of hiding (no coordinated omission).
+ * queueing shows instead of hiding (no coordinated omission). `send` gets the
+ * ms left before the request must give up (`timeoutMs` after its scheduled
+ * moment); a request that gives up counts in `timedOut` and enters the
+ * latencies as `timeoutMs` (so percentiles are then lower bounds).
  */
-export const openLoop = async (send: () => Promise<Answer>, rate: number, durationMs: number) => {
+export const openLoop = async (
+  send: (timeoutMs: number) => Promise<Answer>,
+  rate: number,
+  durationMs: number,
+  timeoutMs: number
+) => {
   const latencies: Array<number> = []
   let errors = 0
+  let timedOut = 0
+  let late = 0
   const total = Math.round((rate * durationMs) / 1000)
   const started = performance.now()
   const inFlight: Array<Promise<void>> = []
   for (let i = 0; i < total; i++) {
     const scheduled = started + (i * 1000) / rate
-    const wait = scheduled - performance.now()
-    if (wait > 1) await new Promise((r) => setTimeout(r, wait))
+    // never early: a timer may fire a fraction of a millisecond before its time
+    for (let wait = scheduled - performance.now(); wait > 0; wait = scheduled - performance.now()) {
+      await new Promise((r) => setTimeout(r, wait))
+    }
+    // the generator itself fell behind its schedule by more than 5 ms
+    if (performance.now() - scheduled > 5) late++
     inFlight.push(
-      send().then(
+      send(Math.max(1, timeoutMs - (performance.now() - scheduled))).then(
         (answer) => {
           if (answer.status !== 200) errors++
           else latencies.push(performance.now() - scheduled)
         },
-        () => {
-          errors++
+        (e: unknown) => {
+          if (e instanceof RequestTimeout) {
+            timedOut++
+            latencies.push(timeoutMs)
+          } else errors++
         }
       )
     )
   }
+  const sentSeconds = (performance.now() - started) / 1000
   await Promise.all(inFlight)
-  return { latencies, errors, perSecond: latencies.length / ((performance.now() - started) / 1000) }
+  return {
+    latencies,
+    errors,
+    timedOut,
+    /** sends the generator started more than 5 ms after their schedule */
+    lateSends: late,
+    offeredPerSecond: total / sentSeconds,
+    perSecond: (latencies.length - timedOut) / ((performance.now() - started) / 1000)
+  }
 }
 
 // ---- statistics ----
@@ -193,6 +240,50 @@ export const cpuSeconds = (pid: number): number => {
   return (Number(fields[11]) + Number(fields[12])) / 100 // utime, stime in clock ticks (100/s)
 }
 
-export const progress = (message: string) => process.stdout.write(`[bench] ${message}\n`)
+const benchStarted = performance.now()
+/** Busy fraction of all CPUs over `ms` (from /proc/stat): what else is running on the machine. */
+export const machineBusy = async (ms: number): Promise<number> => {
+  const read = () => {
+    const f = Fs.readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number)
+    const idle = f[3]! + (f[4] ?? 0)
+    return { idle, total: f.reduce((a, b) => a + b, 0) }
+  }
+  const a = read()
+  await new Promise((r) => setTimeout(r, ms))
+  const b = read()
+  return b.total === a.total ? 0 : 1 - (b.idle - a.idle) / (b.total - a.total)
+}
+
+/**
+ * A fixed single-threaded CPU task (~0.3 s on an idle core here): its wall
+ * time against its CPU time shows how contended the machine is, and its CPU
+ * time compares machines and runs.
+ */
+export const calibrate = () => {
+  const t = performance.now()
+  const c = process.cpuUsage()
+  let x = 0
+  for (let i = 0; i < 1e8; i++) x = (x + i * 7) % 1000003
+  const cpu = process.cpuUsage(c)
+  return { wallMs: round(performance.now() - t, 1), cpuMs: round((cpu.user + cpu.system) / 1000, 1), check: x }
+}
+
+export const progress = (message: string) =>
+  process.stdout.write(`[bench ${((performance.now() - benchStarted) / 1000).toFixed(0).padStart(4)} s] ${message}\n`)
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+
+/**
+ * Waits until every process in `pids` uses under `busy` of a core over a
+ * 300 ms window (the previous phase's backlog is worked off), at most `maxMs`.
+ */
+export const settle = async (pids: ReadonlyArray<number>, maxMs = 15_000, busy = 0.15) => {
+  const deadline = performance.now() + maxMs
+  while (performance.now() < deadline) {
+    const before = pids.map(cpuSeconds)
+    await sleep(300)
+    if (pids.every((pid, i) => (cpuSeconds(pid) - before[i]!) / 0.3 < busy)) return
+  }
+}
 
 export const round = (n: number, digits = 2) => (Number.isFinite(n) ? Math.round(n * 10 ** digits) / 10 ** digits : n)

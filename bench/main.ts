@@ -1,56 +1,124 @@
 /**
- * `npm run bench [-- --quick] [-- --sessions 1000,5000]`: llm-relay measured
- * against baselines in the same run, everything on loopback — PostgreSQL
- * (`DATABASE_URL` or embedded), a fake upstream, the broker and the
- * publisher as processes, the load generated here.
+ * `npm run bench [-- options]`: llm-relay measured against baselines in the
+ * same run, everything on loopback — PostgreSQL (`DATABASE_URL`: a fresh
+ * database `llm_relay_bench_<random>` on that server, dropped at the end;
+ * unset: an embedded PostgreSQL in a temporary dir), a fake upstream, the
+ * broker and the publisher as processes, the load generated here.
+ *
+ * Options:
+ *   --quick                  short phases (under 2 minutes in all)
+ *   --only a,b               scenarios: overhead, streaming, queue, sessions
+ *   --publisher cli|raw      the project's `llm-relay publish` (default when
+ *                            it answers `--help`), or bench/rawPublisher.ts
+ *   --sessions 1000,5000     idle session counts (default 1000,5000; quick 200)
+ *   --seconds N              seconds per load phase (default 10; quick 3)
+ *   --cpu-prof               run the broker (and a CLI publisher) under
+ *                            `node --cpu-prof`; profiles go to
+ *                            bench/results/profiles/<time>/ (summarise with
+ *                            `node dist/bench/profileTop.js <file>`)
  *
  * Each figure is reported with its baseline and their ratio; a table goes to
- * stdout and everything to bench/results/<date>.json.
+ * stdout and everything to bench/results/<date>.json (<date>-quick.json for
+ * --quick, so a quick run never overwrites the full run's figures; a run with
+ * --only, --seconds or --sessions adds -partial).
  */
 import { Effect, Exit, Redacted, Scope } from "effect"
+import { spawnSync } from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
-import * as Http from "node:http"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import pg from "pg"
 import * as Embedded from "../src/db/Embedded.js"
 import {
+  calibrate,
   closedLoop,
   cpuSeconds,
+  machineBusy,
   openLoop,
   progress,
   request,
   ROOT,
   round,
   rssBytes,
+  settle,
+  sleep,
   type Spawned,
   spawnNode,
   summarize
 } from "./harness.js"
 import { graphileCycle, relayCycle } from "./queueCycle.js"
+import { type IdleSession, openIdleSession, reach, scale } from "./sessionScale.js"
+
+// ---- options ----
 
 const args = process.argv.slice(2)
+const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined)
 const quick = args.includes("--quick")
-const sessionsArg = args.includes("--sessions") ? args[args.indexOf("--sessions") + 1] : undefined
-const sessionCounts = (sessionsArg ?? (quick ? "200" : "1000,5000")).split(",").map(Number)
-const seconds = quick ? 3 : 10
-const onlyArg = args.includes("--only") ? args[args.indexOf("--only") + 1] : undefined
-const only = new Set((onlyArg ?? "overhead,streaming,sessions,queue").split(","))
+const cpuProf = args.includes("--cpu-prof")
+const sessionCounts = (option("--sessions") ?? (quick ? "200" : "1000,5000")).split(",").map(Number)
+const seconds = Number(option("--seconds") ?? (quick ? 3 : 10))
+const only = new Set((option("--only") ?? "overhead,streaming,queue,sessions").split(","))
+const publisherArg = option("--publisher")
 const ADMIN = `bench-admin-${Crypto.randomBytes(24).toString("hex")}`
+const profileDir = Path.join(ROOT, "bench/results/profiles", new Date().toISOString().replace(/[:.]/g, "-"))
+
+/** `cli` unless `llm-relay publish --help` fails (the command not built yet): then the raw publisher. */
+const publisherKind = (): "cli" | "raw" => {
+  if (publisherArg === "cli" || publisherArg === "raw") return publisherArg
+  if (publisherArg !== undefined) throw new Error(`--publisher must be cli or raw, got '${publisherArg}'`)
+  const help = spawnSync(process.execPath, ["bin/llm-relay", "publish", "--help"], { cwd: ROOT, timeout: 30_000, encoding: "utf8" })
+  return help.status === 0 && /--provider/.test(help.stdout) ? "cli" : "raw"
+}
+
+const gitRevision = () => {
+  const head = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).stdout.trim()
+  const dirty = spawnSync("git", ["status", "--porcelain", "--", "src", "migrations"], { cwd: ROOT, encoding: "utf8" }).stdout.trim()
+  return head + (dirty.length > 0 ? " (src changed since)" : "")
+}
+
+// ---- results ----
 
 const results: Record<string, unknown> = {
   date: new Date().toISOString(),
   mode: quick ? "quick" : "full",
-  machine: { cpus: Os.cpus().length, model: Os.cpus()[0]?.model, node: process.version, memoryGiB: round(Os.totalmem() / 2 ** 30, 1) }
+  revision: gitRevision(),
+  machine: {
+    cpus: Os.cpus().length,
+    model: Os.cpus()[0]?.model,
+    node: process.version,
+    memoryGiB: round(Os.totalmem() / 2 ** 30, 1),
+    loadAverageAtStart: Os.loadavg().map((n) => round(n))
+  }
 }
-const table: Array<[string, string, string, string]> = []
-const row = (what: string, relay: number, baseline: number, unit: string) => {
-  table.push([what, `${round(relay)} ${unit}`, `${round(baseline)} ${unit}`, Number.isFinite(relay / baseline) ? `${round(relay / baseline)}×` : "-"])
-  return { relay: round(relay, 3), baseline: round(baseline, 3), ratio: round(relay / baseline, 3), unit }
+type Cell = [string, string, string, string, string]
+const table: Array<Cell | string> = []
+const fmt = (n: number, unit: string) => {
+  if (!Number.isFinite(n)) return "-"
+  const digits = Math.abs(n) >= 100 ? 0 : Math.abs(n) >= 10 ? 1 : 2
+  return `${n.toFixed(digits)} ${unit}`
 }
+/** One figure: llm-relay's, its baseline's, their ratio and (for latencies) the difference. */
+const figure = (what: string, relay: number, baseline: number, unit: string, options: { diff?: boolean; prefix?: string } = {}) => {
+  const ratio = relay / baseline
+  table.push([
+    what,
+    (options.prefix ?? "") + fmt(relay, unit),
+    fmt(baseline, unit),
+    Number.isFinite(ratio) ? `${ratio.toFixed(ratio >= 100 ? 0 : 2)}×` : "-",
+    options.diff === true && Number.isFinite(relay - baseline) ? `${relay - baseline >= 0 ? "+" : ""}${fmt(relay - baseline, unit)}` : ""
+  ])
+  return {
+    relay: round(relay, 3),
+    baseline: round(baseline, 3),
+    ratio: round(ratio, 3),
+    ...(options.diff === true ? { difference: round(relay - baseline, 3) } : {}),
+    unit
+  }
+}
+const section = (title: string) => table.push(title)
 const targets: Array<{ target: string; figure: string; met: boolean }> = []
-const target = (name: string, met: boolean, figure: string) => targets.push({ target: name, figure, met })
+const target = (name: string, met: boolean, value: string) => targets.push({ target: name, figure: value, met })
 
 // ---- the database ----
 
@@ -71,8 +139,8 @@ const createDatabase = async (serverUrl: string, name: string) => {
   return url.toString()
 }
 
-const serverUrl = async (): Promise<string> => {
-  if (process.env.DATABASE_URL) return process.env.DATABASE_URL
+const serverUrl = async (): Promise<{ url: string; kind: string }> => {
+  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, kind: "DATABASE_URL" }
   progress("starting an embedded PostgreSQL (no DATABASE_URL)")
   const scope = Effect.runSync(Scope.make())
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "llm-relay-bench-"))
@@ -81,12 +149,17 @@ const serverUrl = async (): Promise<string> => {
     await Effect.runPromise(Scope.close(scope, Exit.void))
     Fs.rmSync(dir, { recursive: true, force: true })
   })
-  return Redacted.value(server.url)
+  return { url: Redacted.value(server.url), kind: "embedded" }
 }
 
 // ---- the parts under test ----
 
 const freePort = () => Effect.runPromise(Embedded.freePort)
+const profileFlags = () => {
+  if (!cpuProf) return []
+  Fs.mkdirSync(profileDir, { recursive: true })
+  return ["--cpu-prof", "--cpu-prof-dir", profileDir]
+}
 
 const startUpstream = async () => {
   const port = await freePort()
@@ -95,98 +168,175 @@ const startUpstream = async () => {
   return { url: `http://127.0.0.1:${port}`, proc }
 }
 
-const startBroker = async (databaseUrl: string) => {
+interface Broker {
+  readonly url: string
+  readonly proc: Spawned
+  readonly pid: number
+}
+
+const startBroker = async (databaseUrl: string): Promise<Broker> => {
   const port = await freePort()
-  const proc = await spawnNode(["bin/llm-relay", "serve", "--port", String(port)], {
+  const proc = await spawnNode([...profileFlags(), "bin/llm-relay", "serve", "--port", String(port)], {
     DATABASE_URL: databaseUrl,
     RELAY_ADMIN_TOKEN: ADMIN,
     RELAY_DB_MAX_CONNECTIONS: "20"
   }, /Listening on/)
   cleanups.push(proc.stop)
-  const url = `http://127.0.0.1:${port}`
-  const token = async (role: string) => {
-    const answer = await request(`${url}/v1/tokens`, {
-      headers: { authorization: `Bearer ${ADMIN}` },
-      body: { role, name: `bench-${role}` }
-    })
-    return (JSON.parse(answer.text) as { token: string }).token
-  }
-  return { url, proc, token }
+  return { url: `http://127.0.0.1:${port}`, proc, pid: proc.child.pid! }
 }
 
-const startPublisher = async (brokerUrl: string, token: string, upstreamUrl: string) => {
-  const proc = await spawnNode([
-    "bin/llm-relay",
-    "publish",
-    "--server",
-    brokerUrl,
-    "--token",
-    token,
-    "--provider",
-    `name=bench,upstream=${upstreamUrl}/v1,model=bench-upstream,maxConcurrent=128`
-  ], {}, /connected to/)
+const makeToken = async (brokerUrl: string, role: string) => {
+  const answer = await request(`${brokerUrl}/v1/tokens`, {
+    headers: { authorization: `Bearer ${ADMIN}` },
+    body: { role, name: `bench-${role}` }
+  })
+  if (answer.status !== 201) throw new Error(`POST /v1/tokens answered ${answer.status}: ${answer.text}`)
+  return (JSON.parse(answer.text) as { token: string }).token
+}
+
+/** Until the LLM `name` is listed active (the publisher's task stream is open). */
+const waitActive = async (brokerUrl: string, token: string, name: string, publisher: Spawned) => {
+  const deadline = performance.now() + 60_000
+  while (performance.now() < deadline) {
+    const answer = await request(`${brokerUrl}/v1/llms`, { headers: { authorization: `Bearer ${token}` } })
+    const llms = answer.status === 200 ? (JSON.parse(answer.text) as { data: Array<{ name: string; status: string }> }).data : []
+    if (llms.some((l) => l.name === name && l.status === "active")) return
+    if (publisher.child.exitCode !== null) break
+    await sleep(100)
+  }
+  throw new Error(`the publisher did not come online:\n${publisher.output}`)
+}
+
+const startPublisher = async (kind: "cli" | "raw", brokerUrl: string, token: string, upstreamUrl: string, clientToken: string) => {
+  const provider = `name=bench,upstream=${upstreamUrl}/v1,model=bench-upstream,maxConcurrent=64`
+  const proc = kind === "cli"
+    // --quiet: no log line per task (thousands a second would be the publisher's main cost)
+    ? await spawnNode([...profileFlags(), "bin/llm-relay", "publish", "--quiet", "--server", brokerUrl, "--token", token, "--provider", provider], {}, /^/)
+    : await spawnNode(["dist/bench/rawPublisher.js", "--server", brokerUrl, "--token", token, "--provider", provider], {}, /connected to/)
   cleanups.push(proc.stop)
+  await waitActive(brokerUrl, clientToken, "bench", proc)
   return proc
 }
 
 // ---- scenarios ----
 
 const chat = { model: "bench", messages: [{ role: "user", content: "ping" }] }
+const chatText = JSON.stringify(chat)
 
-const overhead = async (direct: string, relayed: string, headers: Record<string, string>) => {
+/** 1. Non-streaming overhead: the same request straight to the upstream and through broker + publisher. */
+interface Meters {
+  /** pids of the broker, the publisher and the upstream */
+  readonly broker: number
+  readonly publisher: number
+  readonly upstream: number
+  /** PostgreSQL transactions committed or rolled back so far in the broker's database */
+  readonly transactions: () => Promise<number>
+  /** CPU seconds so far of the PostgreSQL backends connected to the broker's database */
+  readonly postgresCpu: () => Promise<Map<number, number>>
+}
+
+const overhead = async (direct: string, relayed: string, headers: Record<string, string>, busy: ReadonlyArray<number>, meters: Meters) => {
+  section("1. overhead, non-streaming (llm-relay = through broker+publisher, baseline = straight to the upstream)")
   progress("overhead: warming up both paths")
-  await closedLoop(() => request(direct, { body: chat }), 8, 1000)
-  await closedLoop(() => request(relayed, { headers, body: chat }), 8, 2000)
+  await closedLoop(() => request(direct, { body: chatText }), 8, 1000)
+  await closedLoop(() => request(relayed, { headers, body: chatText, timeoutMs: 30_000 }), 8, 2000)
+  await settle(busy)
   const out: Record<string, unknown> = {}
   for (const concurrency of [1, 64]) {
-    progress(`overhead: concurrency ${concurrency}, ${seconds} s per path`)
-    const d = await closedLoop(() => request(direct, { body: chat }), concurrency, seconds * 1000)
-    const r = await closedLoop(() => request(relayed, { headers, body: chat }), concurrency, seconds * 1000)
+    progress(`overhead: closed loop, concurrency ${concurrency}, ${seconds} s per path`)
+    const up0 = cpuSeconds(meters.upstream)
+    const d = await closedLoop(() => request(direct, { body: chatText }), concurrency, seconds * 1000)
+    const directCpu = cpuSeconds(meters.upstream) - up0
+    const before = [meters.broker, meters.publisher, meters.upstream].map(cpuSeconds)
+    const tx0 = await meters.transactions()
+    const pg0 = await meters.postgresCpu()
+    const r = await closedLoop(() => request(relayed, { headers, body: chatText, timeoutMs: 60_000 }), concurrency, seconds * 1000)
+    const [brokerCpu, publisherCpu, upstreamCpu] = [meters.broker, meters.publisher, meters.upstream].map((pid, i) => cpuSeconds(pid) - before[i]!)
+    // per backend; one that started meanwhile counts whole, one that ended is lost (rare: the pool is warm)
+    let postgresCpu = 0
+    for (const [pid, cpuNow] of await meters.postgresCpu()) postgresCpu += cpuNow - (pg0.get(pid) ?? 0)
+    await settle(busy)
+    await sleep(1500) // PostgreSQL publishes a backend's counters within a second of it going idle
+    const transactions = (await meters.transactions()) - tx0
+    const relayedN = r.latencies.length + r.errors
+    const cpu = {
+      brokerMsPerRequest: round((brokerCpu! * 1000) / relayedN, 3),
+      publisherMsPerRequest: round((publisherCpu! * 1000) / relayedN, 3),
+      upstreamMsPerRequest: round((upstreamCpu! * 1000) / relayedN, 3),
+      postgresMsPerRequest: round((postgresCpu * 1000) / relayedN, 3),
+      directUpstreamMsPerRequest: round((directCpu * 1000) / d.latencies.length, 3),
+      postgresTransactionsPerRequest: round(transactions / relayedN, 2)
+    }
     const ds = summarize(d.latencies)
     const rs = summarize(r.latencies)
     out[`concurrency${concurrency}`] = {
       direct: { ...ds, perSecond: d.perSecond, errors: d.errors },
       relayed: { ...rs, perSecond: r.perSecond, errors: r.errors },
-      p50: row(`c=${concurrency} p50 latency`, rs.p50, ds.p50, "ms"),
-      p99: row(`c=${concurrency} p99 latency`, rs.p99, ds.p99, "ms"),
-      throughput: row(`c=${concurrency} throughput`, r.perSecond, d.perSecond, "req/s")
+      p50: figure(`c=${concurrency} latency p50`, rs.p50, ds.p50, "ms", { diff: true }),
+      p90: figure(`c=${concurrency} latency p90`, rs.p90, ds.p90, "ms", { diff: true }),
+      p99: figure(`c=${concurrency} latency p99`, rs.p99, ds.p99, "ms", { diff: true }),
+      max: figure(`c=${concurrency} latency max`, rs.max, ds.max, "ms", { diff: true }),
+      throughput: figure(`c=${concurrency} throughput`, r.perSecond, d.perSecond, "req/s"),
+      cpu,
+      cpuPerRequest: figure(
+        `c=${concurrency} CPU per request (all servers)`,
+        cpu.brokerMsPerRequest + cpu.publisherMsPerRequest + cpu.upstreamMsPerRequest + cpu.postgresMsPerRequest,
+        cpu.directUpstreamMsPerRequest,
+        "ms"
+      ),
+      brokerCpuPerRequest: figure(`c=${concurrency} broker CPU per request`, cpu.brokerMsPerRequest, Number.NaN, "ms"),
+      publisherCpuPerRequest: figure(`c=${concurrency} publisher CPU per request`, cpu.publisherMsPerRequest, Number.NaN, "ms"),
+      postgresCpuPerRequest: figure(`c=${concurrency} PostgreSQL CPU per request`, cpu.postgresMsPerRequest, Number.NaN, "ms"),
+      statementsPerRequest: figure(`c=${concurrency} PostgreSQL transactions per request`, cpu.postgresTransactionsPerRequest, Number.NaN, "")
     }
+    if (r.errors > 0) progress(`overhead: ${r.errors} relayed request(s) failed at concurrency ${concurrency}`)
     if (concurrency === 64) target("≥ 2,000 relayed req/s at concurrency 64", r.perSecond >= 2000, `${round(r.perSecond, 0)} req/s`)
   }
+  // A request gives up this long after its scheduled moment (the broker cancels its task).
+  const timeoutMs = quick ? 5_000 : 20_000
   for (const rate of [100, 500]) {
-    progress(`overhead: open loop at ${rate} req/s, ${seconds} s per path`)
-    const d = await openLoop(() => request(direct, { body: chat }), rate, seconds * 1000)
-    const r = await openLoop(() => request(relayed, { headers, body: chat }), rate, seconds * 1000)
+    progress(`overhead: open loop at ${rate} req/s, ${seconds} s per path (give up after ${timeoutMs / 1000} s)`)
+    const d = await openLoop((t) => request(direct, { body: chatText, timeoutMs: t }), rate, seconds * 1000, timeoutMs)
+    const r = await openLoop((t) => request(relayed, { headers, body: chatText, timeoutMs: t }), rate, seconds * 1000, timeoutMs)
+    await settle(busy)
     const ds = summarize(d.latencies)
     const rs = summarize(r.latencies)
+    const prefix = r.timedOut > 0 ? "≥ " : ""
     out[`rate${rate}`] = {
-      direct: { ...ds, errors: d.errors },
-      relayed: { ...rs, errors: r.errors },
-      addedP50Ms: round(rs.p50 - ds.p50, 3),
-      addedP99Ms: round(rs.p99 - ds.p99, 3),
-      p50: row(`${rate}/s p50 latency`, rs.p50, ds.p50, "ms"),
-      p90: row(`${rate}/s p90 latency`, rs.p90, ds.p90, "ms"),
-      p99: row(`${rate}/s p99 latency`, rs.p99, ds.p99, "ms"),
-      max: row(`${rate}/s max latency`, rs.max, ds.max, "ms")
+      direct: { ...ds, ...d, latencies: undefined },
+      relayed: { ...rs, ...r, latencies: undefined },
+      p50: figure(`${rate}/s latency p50`, rs.p50, ds.p50, "ms", { diff: true, prefix }),
+      p90: figure(`${rate}/s latency p90`, rs.p90, ds.p90, "ms", { diff: true, prefix }),
+      p99: figure(`${rate}/s latency p99`, rs.p99, ds.p99, "ms", { diff: true, prefix }),
+      max: figure(`${rate}/s latency max`, rs.max, ds.max, "ms", { diff: true, prefix }),
+      served: figure(`${rate}/s served rate`, r.perSecond, d.perSecond, "req/s")
     }
+    if (r.timedOut + r.errors > 0) {
+      progress(`overhead: at ${rate}/s, ${r.timedOut} relayed request(s) timed out and ${r.errors} failed of ${Math.round(rate * seconds)}`)
+    }
+    if (d.lateSends + r.lateSends > 0) progress(`overhead: the load generator sent ${d.lateSends + r.lateSends} request(s) > 5 ms late`)
     if (rate === 500) {
-      target("added latency p50 ≤ 1 ms at 500 req/s", rs.p50 - ds.p50 <= 1, `+${round(rs.p50 - ds.p50)} ms`)
-      target("added latency p99 ≤ 5 ms at 500 req/s", rs.p99 - ds.p99 <= 5, `+${round(rs.p99 - ds.p99)} ms`)
+      target("added latency p50 ≤ 1 ms at 500 req/s", rs.p50 - ds.p50 <= 1, `${prefix}+${round(rs.p50 - ds.p50)} ms`)
+      target("added latency p99 ≤ 5 ms at 500 req/s", rs.p99 - ds.p99 <= 5, `${prefix}+${round(rs.p99 - ds.p99)} ms`)
     }
   }
   return out
 }
 
-const streaming = async (direct: string, relayed: string, headers: Record<string, string>) => {
-  const body = { ...chat, stream: true, max_tokens: 200 }
+/** 2. Streaming: time to first and last chunk of a 200-chunk answer; aggregate chunks/s with 50 streams. */
+const streaming = async (direct: string, relayed: string, headers: Record<string, string>, busy: ReadonlyArray<number>) => {
+  section("2. streaming, 200-chunk answers (llm-relay = relayed, baseline = straight to the upstream)")
+  const body = JSON.stringify({ ...chat, stream: true, max_tokens: 200 })
   const n = quick ? 20 : 100
   progress(`streaming: ${n} sequential 200-chunk answers per path`)
   const sequential = async (url: string, h: Record<string, string>) => {
     const first: Array<number> = []
     const last: Array<number> = []
     for (let i = 0; i < n; i++) {
-      const a = await request(url, { headers: h, body })
-      if (a.chunks < 200) throw new Error(`a stream came back with ${a.chunks} chunks: ${a.text.slice(0, 300)}`)
+      const a = await request(url, { headers: h, body, timeoutMs: 30_000 })
+      if (a.chunks < 201 || !a.text.includes("data: [DONE]")) {
+        throw new Error(`a stream came back with ${a.chunks} data lines (status ${a.status}): ${a.text.slice(0, 300)}`)
+      }
       first.push(a.firstMs)
       last.push(a.totalMs)
     }
@@ -199,172 +349,237 @@ const streaming = async (direct: string, relayed: string, headers: Record<string
   const aggregate = async (url: string, h: Record<string, string>) => {
     let chunks = 0
     let errors = 0
+    let streams = 0
     const started = performance.now()
     const deadline = started + seconds * 1000
     await Promise.all(Array.from({ length: 50 }, async () => {
       while (performance.now() < deadline) {
-        const answer = await request(url, { headers: h, body }).catch(() => undefined)
-        if (answer === undefined || answer.status !== 200) errors++
-        else chunks += answer.chunks - 1 // minus [DONE]
+        const answer = await request(url, { headers: h, body, timeoutMs: 60_000 }).catch(() => undefined)
+        if (answer === undefined || answer.status !== 200 || !answer.text.includes("data: [DONE]")) errors++
+        else {
+          chunks += answer.chunks - 1 // [DONE] is not a chunk
+          streams++
+        }
       }
     }))
     if (errors > 0) progress(`streaming: ${errors} stream(s) failed on ${url}`)
-    return chunks / ((performance.now() - started) / 1000)
+    return { chunksPerSecond: chunks / ((performance.now() - started) / 1000), streams, errors }
   }
   const da = await aggregate(direct, {})
   const ra = await aggregate(relayed, headers)
+  await settle(busy)
   target("time-to-first-chunk overhead ≤ 2 ms", r.first.p50 - d.first.p50 <= 2, `+${round(r.first.p50 - d.first.p50)} ms (p50)`)
-  target("≥ 50,000 chunks/s relayed", ra >= 50_000, `${round(ra, 0)} chunks/s`)
+  target("≥ 50,000 chunks/s relayed", ra.chunksPerSecond >= 50_000, `${round(ra.chunksPerSecond, 0)} chunks/s`)
   return {
     direct: d,
     relayed: r,
-    firstChunkP50: row("stream first chunk p50", r.first.p50, d.first.p50, "ms"),
-    lastChunkP50: row("stream last chunk p50", r.last.p50, d.last.p50, "ms"),
-    firstChunkP99: row("stream first chunk p99", r.first.p99, d.first.p99, "ms"),
-    chunksPerSecond: row("50 streams: chunks/s", ra, da, "chunks/s")
+    firstChunkP50: figure("first chunk p50", r.first.p50, d.first.p50, "ms", { diff: true }),
+    firstChunkP99: figure("first chunk p99", r.first.p99, d.first.p99, "ms", { diff: true }),
+    lastChunkP50: figure("last chunk p50", r.last.p50, d.last.p50, "ms", { diff: true }),
+    lastChunkP99: figure("last chunk p99", r.last.p99, d.last.p99, "ms", { diff: true }),
+    aggregate: { direct: da, relayed: ra },
+    chunksPerSecond: figure("50 streams: chunks/s", ra.chunksPerSecond, da.chunksPerSecond, "chunks/s")
   }
 }
 
+/** 3. The queue cycle without HTTP, against graphile-worker on the same PostgreSQL server. */
 const queueCycle = async (server: string) => {
-  const tasks = quick ? 2000 : 10_000
+  section("3. queue cycle enqueue → claim → complete, no HTTP (baseline = graphile-worker, same concurrency, same server)")
+  const tasks = quick ? 600 : 10_000
+  const fresh = async (prefix: string) => createDatabase(server, `llm_relay_bench_${prefix}_${Crypto.randomBytes(3).toString("hex")}`)
   const out: Record<string, unknown> = {}
-  for (const claimers of [1, 8]) {
-    progress(`queue cycle: ${tasks} tasks, ${claimers} claimer(s), llm-relay TaskQueue`)
-    const ours = await relayCycle(await createDatabase(server, `llm_relay_bench_q${claimers}_${Crypto.randomBytes(3).toString("hex")}`), tasks, claimers)
-    progress(`queue cycle: ${tasks} jobs, concurrency ${claimers}, graphile-worker`)
-    const theirs = await graphileCycle(await createDatabase(server, `llm_relay_bench_g${claimers}_${Crypto.randomBytes(3).toString("hex")}`), tasks, claimers)
-    out[`claimers${claimers}`] = {
+  const theirs = new Map<number, Awaited<ReturnType<typeof graphileCycle>>>()
+  for (const concurrency of [1, 8]) {
+    progress(`queue cycle: ${tasks} jobs, graphile-worker concurrency ${concurrency}`)
+    theirs.set(concurrency, await graphileCycle(await fresh(`g${concurrency}`), tasks, concurrency))
+  }
+  const variants = [
+    { key: "claimers1", label: "1 claimer", claimers: 1, capacity: 1 },
+    { key: "claimers8", label: "8 claimers", claimers: 8, capacity: 1 },
+    { key: "claimers1x8", label: "1 claimer, batch 8", claimers: 1, capacity: 8 }
+  ]
+  for (const v of variants) {
+    const concurrency = v.claimers * v.capacity
+    progress(`queue cycle: ${tasks} tasks, llm-relay TaskQueue, ${v.claimers} session(s) × maxConcurrent ${v.capacity}`)
+    const ours = await relayCycle(await fresh(`q${v.claimers}x${v.capacity}`), tasks, v.claimers, v.capacity)
+    const base = theirs.get(concurrency)!
+    out[v.key] = {
+      claimers: v.claimers,
+      capacityPerClaimer: v.capacity,
       relay: ours,
-      graphileWorker: theirs,
-      throughput: row(`queue cycle ×${claimers} tasks/s (vs graphile-worker)`, ours.perSecond, theirs.perSecond, "tasks/s"),
-      p50: row(`queue cycle ×${claimers} p50 (vs graphile-worker)`, ours.latencyMs.p50, theirs.latencyMs.p50, "ms"),
-      p99: row(`queue cycle ×${claimers} p99 (vs graphile-worker)`, ours.latencyMs.p99, theirs.latencyMs.p99, "ms")
+      graphileWorker: base,
+      throughput: figure(`${v.label}: tasks/s`, ours.perSecond, base.perSecond, "tasks/s"),
+      p50: figure(`${v.label}: enqueue→done p50`, ours.latencyMs.p50, base.latencyMs.p50, "ms", { diff: true }),
+      p99: figure(`${v.label}: enqueue→done p99`, ours.latencyMs.p99, base.latencyMs.p99, "ms", { diff: true })
     }
-    target(`queue cycle ≥ graphile-worker (${claimers} claimer${claimers > 1 ? "s" : ""})`, ours.perSecond >= theirs.perSecond,
-      `${round(ours.perSecond / theirs.perSecond)}× (${round(ours.perSecond, 0)} vs ${round(theirs.perSecond, 0)} tasks/s)`)
+    target(`queue cycle ≥ graphile-worker (${v.label})`, ours.perSecond >= base.perSecond,
+      `${round(ours.perSecond / base.perSecond)}× (${round(ours.perSecond, 0)} vs ${round(base.perSecond, 0)} tasks/s)`)
   }
   return out
 }
 
-/** An idle publisher session: registered, its task stream open, frames counted. */
-const openSession = (brokerUrl: string, token: string, name: string) =>
-  new Promise<{ close: () => void; nextTask: () => Promise<number> }>((resolve, reject) => {
-    void request(`${brokerUrl}/v1/publishers/sessions`, {
-      headers: { authorization: `Bearer ${token}` },
-      body: { providers: [{ name, model: "m", maxConcurrent: 1 }] }
-    }).then((registered) => {
-      if (registered.status !== 200) return reject(new Error(`register: ${registered.status} ${registered.text}`))
-      const { sessionId } = JSON.parse(registered.text) as { sessionId: string }
-      let onTask: ((at: number) => void) | undefined
-      const req = Http.get(`${brokerUrl}/v1/publishers/sessions/${sessionId}/tasks`, {
-        headers: { authorization: `Bearer ${token}` }
-      }, (res) => {
-        res.setEncoding("utf8")
-        let ready = false
-        res.on("data", (d: string) => {
-          if (!ready && d.includes("event: ready")) {
-            ready = true
-            resolve({ close: () => req.destroy(), nextTask: () => new Promise((r) => (onTask = r)) })
-          }
-          if (d.includes("event: task")) onTask?.(performance.now())
-        })
-        res.on("error", () => {})
-      })
-      req.on("error", () => {})
-    }, reject)
+/** 4. Idle sessions on a freshly started broker. */
+const sessionScale = async (brokerDb: string) => {
+  section("4. session scale (baseline = the same broker with no idle sessions / with one)")
+  progress("session scale: a fresh broker for a clean memory baseline")
+  const broker = await startBroker(brokerDb)
+  const publisherToken = await makeToken(broker.url, "publisher")
+  const clientToken = await makeToken(broker.url, "client")
+  await sleep(2000)
+  const baselineRss = rssBytes(broker.pid)
+  const idleWindow = quick ? 4 : 15
+  const baselineWindow = quick ? 2 : idleWindow
+  const cpu0 = cpuSeconds(broker.pid)
+  await sleep(baselineWindow * 1000)
+  const baselineIdleCpu = (cpuSeconds(broker.pid) - cpu0) / baselineWindow
+  const open: Array<IdleSession> = [await openIdleSession(broker.url, publisherToken, "idle-0")]
+  const reachCount = quick ? 10 : 20
+  progress("session scale: time for a task to reach the only session")
+  const reachOne = await reach(broker.url, clientToken, open, reachCount)
+  const steps = await scale({
+    brokerUrl: broker.url,
+    brokerPid: broker.pid,
+    publisherToken,
+    clientToken,
+    counts: sessionCounts,
+    idleWindowSeconds: idleWindow,
+    reachCount,
+    baselineRss,
+    open,
+    onProgress: progress
   })
-
-const sessionScale = async (brokerUrl: string, brokerPid: number, publisherToken: string, clientToken: string) => {
-  const out: Record<string, unknown> = {}
-  const baselineRss = rssBytes(brokerPid)
-  const open: Array<{ close: () => void; nextTask: () => Promise<number>; name: string }> = []
-  for (const target_ of sessionCounts) {
-    progress(`session scale: opening ${target_} idle sessions`)
-    const openedAt = performance.now()
-    while (open.length < target_) {
-      const batch = Math.min(64, target_ - open.length)
-      const sessions = await Promise.all(Array.from({ length: batch }, (_, i) => {
-        const name = `idle-${open.length + i}`
-        return openSession(brokerUrl, publisherToken, name).then((s) => ({ ...s, name }))
-      }))
-      open.push(...sessions)
-    }
-    const openSeconds = (performance.now() - openedAt) / 1000
-    await new Promise((r) => setTimeout(r, 2000))
-    const rss = rssBytes(brokerPid)
-    const idleWindow = quick ? 5 : 15
-    const cpu0 = cpuSeconds(brokerPid)
-    await new Promise((r) => setTimeout(r, idleWindow * 1000))
-    const cpu = cpuSeconds(brokerPid) - cpu0
-    progress(`session scale: time for a task to reach one of ${target_} sessions`)
-    const reach: Array<number> = []
-    for (let i = 0; i < 20; i++) {
-      const session = open[Math.floor((i * open.length) / 20)]!
-      const arrived = session.nextTask()
-      const t0 = performance.now()
-      await request(`${brokerUrl}/v1/tasks`, {
-        headers: { authorization: `Bearer ${clientToken}` },
-        body: { model: session.name, body: { model: session.name, messages: [] } }
-      })
-      reach.push((await arrived) - t0)
-    }
-    const perSessionKiB = (rss - baselineRss) / target_ / 1024
-    out[`sessions${target_}`] = {
-      sessions: target_,
-      openSeconds: round(openSeconds),
-      brokerRssMiB: round(rss / 2 ** 20, 1),
-      baselineRssMiB: round(baselineRss / 2 ** 20, 1),
-      rssPerSessionKiB: round(perSessionKiB, 1),
-      idleCpuPercentOfOneCore: round((cpu / idleWindow) * 100, 2),
-      idleCpuMicrosecondsPerSessionPerSecond: round((cpu / idleWindow / target_) * 1e6, 2),
-      taskReachMs: summarize(reach),
-      rss: row(`${target_} idle sessions: broker RSS`, rss / 2 ** 20, baselineRss / 2 ** 20, "MiB"),
-      reach: row(`${target_} sessions: task reaches its session p50`, summarize(reach).p50, Number.NaN, "ms")
-    }
-    const projected = (baselineRss + perSessionKiB * 1024 * 10_000) / 2 ** 30
-    target(`10,000 idle sessions < 1 GiB RSS (projected from ${target_})`, projected < 1, `${round(projected, 2)} GiB projected`)
+  const out: Record<string, unknown> = {
+    baselineRssMiB: round(baselineRss / 2 ** 20, 1),
+    baselineIdleCpuPercentOfOneCore: round(baselineIdleCpu * 100, 2),
+    taskReachWithOneSessionMs: reachOne
   }
+  for (const step of steps) {
+    out[`sessions${step.sessions}`] = {
+      ...step,
+      rss: figure(`${step.sessions} sessions: broker RSS`, step.rssMiB, baselineRss / 2 ** 20, "MiB"),
+      rssPerSession: figure(`${step.sessions} sessions: RSS per session`, step.rssPerSessionKiB, Number.NaN, "KiB"),
+      quietCpu: figure(`${step.sessions} sessions: CPU, keepalives only`, step.quietCpuPercentOfOneCore, baselineIdleCpu * 100, "% core"),
+      idleCpu: figure(`${step.sessions} sessions: CPU, heartbeating`, step.idleCpuPercentOfOneCore, baselineIdleCpu * 100, "% core"),
+      idleCpuPerSession: figure(`${step.sessions} sessions: CPU per heartbeating session`, step.idleCpuMicrosecondsPerSessionPerSecond, Number.NaN, "µs/s"),
+      cpuPerHeartbeat: figure(`${step.sessions} sessions: CPU per heartbeat`, step.cpuMsPerHeartbeat, Number.NaN, "ms"),
+      openCpuPerSession: figure(`${step.sessions} sessions: CPU to open one`, step.openCpuMsPerSession, Number.NaN, "ms"),
+      reachP50: figure(`${step.sessions} sessions: task reaches it p50`, step.taskReachMs.p50, reachOne.p50, "ms", { diff: true }),
+      reachP99: figure(`${step.sessions} sessions: task reaches it p99`, step.taskReachMs.p99, reachOne.p99, "ms", { diff: true })
+    }
+  }
+  const last = steps[steps.length - 1]
+  if (last !== undefined) {
+    const projected = (baselineRss + last.rssPerSessionKiB * 1024 * 10_000) / 2 ** 30
+    const measured = last.sessions >= 10_000
+    target(
+      `10,000 idle sessions < 1 GiB broker RSS (${measured ? "measured" : `projected from ${last.sessions}`})`,
+      (measured ? last.rssMiB / 1024 : projected) < 1,
+      measured ? `${round(last.rssMiB / 1024, 2)} GiB at ${last.sessions}` : `${round(projected, 2)} GiB projected`
+    )
+  }
+  progress("session scale: closing the sessions")
   for (const s of open) s.close()
+  await broker.proc.stop()
   return out
 }
 
 // ---- the run ----
 
+const printTable = () => {
+  const start = results.machineAtStart as { busyFraction: number; calibration: { wallMs: number; cpuMs: number } }
+  console.log(
+    `\nmachine: ${Os.cpus().length} × ${Os.cpus()[0]?.model}, node ${process.version}; ` +
+      `busy ${Math.round(start.busyFraction * 100)}% before start; calibration ${start.calibration.cpuMs} ms CPU / ${start.calibration.wallMs} ms wall`
+  )
+  const cells = table.filter((r): r is Cell => typeof r !== "string")
+  const header: Cell = ["figure", "llm-relay", "baseline", "ratio", "difference"]
+  const widths = header.map((_, i) => Math.max(...[header, ...cells].map((r) => r[i]!.length)))
+  const line = (r: ReadonlyArray<string>) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")
+  console.log(`\n${line(header)}`)
+  for (const r of table) {
+    if (typeof r === "string") console.log(`\n${r}\n${widths.map((w) => "-".repeat(w)).join("-|-")}`)
+    else console.log(line(r))
+  }
+  console.log("\nissue 6 targets:")
+  for (const t of targets) console.log(`  ${t.met ? "met   " : "MISSED"}  ${t.target}: ${t.figure}`)
+}
+
 const main = async () => {
   const started = performance.now()
+  const kind = publisherKind()
   const server = await serverUrl()
-  const brokerDb = await createDatabase(server, `llm_relay_bench_${Crypto.randomBytes(4).toString("hex")}`)
-  progress("starting the fake upstream, the broker and the publisher")
-  const upstream = await startUpstream()
-  const broker = await startBroker(brokerDb)
-  const clientToken = await broker.token("client")
-  const publisherToken = await broker.token("publisher")
-  const publisher: Spawned = await startPublisher(broker.url, publisherToken, upstream.url)
-  const direct = `${upstream.url}/v1/chat/completions`
-  const relayed = `${broker.url}/v1/chat/completions`
-  const headers = { authorization: `Bearer ${clientToken}` }
-  if (only.has("overhead")) results.overhead = await overhead(direct, relayed, headers)
-  if (only.has("streaming")) results.streaming = await streaming(direct, relayed, headers)
-  await publisher.stop()
-  if (only.has("sessions")) {
-    results.sessionScale = await sessionScale(broker.url, broker.proc.child.pid!, publisherToken, clientToken)
+  results.database = server.kind
+  results.publisher = kind
+  results.settings = { secondsPerPhase: seconds, sessionCounts, cpuProf }
+  progress(`mode ${quick ? "quick" : "full"}, publisher ${kind}, database ${server.kind}, ${seconds} s per load phase`)
+  // Everything here shares the machine's cores: say how busy it was before we started.
+  const otherLoad = await machineBusy(1000)
+  const calibration = calibrate()
+  results.machineAtStart = { busyFraction: round(otherLoad), calibration }
+  if (otherLoad > 0.1) {
+    progress(`warning: the machine was ${Math.round(otherLoad * 100)}% busy before the bench started (other processes); figures will be slower and noisier`)
   }
-  await broker.proc.stop()
-  if (only.has("queue")) results.queueCycle = await queueCycle(server)
+  const brokerDb = await createDatabase(server.url, `llm_relay_bench_${Crypto.randomBytes(4).toString("hex")}`)
+  if (only.has("overhead") || only.has("streaming")) {
+    progress(`starting the fake upstream, the broker and the ${kind} publisher`)
+    const upstream = await startUpstream()
+    const broker = await startBroker(brokerDb)
+    const clientToken = await makeToken(broker.url, "client")
+    const publisherToken = await makeToken(broker.url, "publisher")
+    const publisher = await startPublisher(kind, broker.url, publisherToken, upstream.url, clientToken)
+    const direct = `${upstream.url}/v1/chat/completions`
+    const relayed = `${broker.url}/v1/chat/completions`
+    const headers = { authorization: `Bearer ${clientToken}` }
+    const busy = [broker.pid, publisher.child.pid!]
+    const stats = new pg.Client({ connectionString: brokerDb })
+    await stats.connect()
+    cleanups.push(() => stats.end())
+    const meters: Meters = {
+      broker: broker.pid,
+      publisher: publisher.child.pid!,
+      upstream: upstream.proc.child.pid!,
+      transactions: async () => {
+        const r = await stats.query("SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = current_database()")
+        return Number((r.rows[0] as { n: string }).n)
+      },
+      postgresCpu: async () => {
+        const r = await stats.query("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        const cpu = new Map<number, number>()
+        for (const row of r.rows as Array<{ pid: number }>) {
+          try {
+            cpu.set(row.pid, cpuSeconds(row.pid))
+          } catch {
+            // a backend that ended meanwhile, or one we cannot read (a server on another host): not counted
+          }
+        }
+        return cpu
+      }
+    }
+    const cpuAtStart = busy.map(cpuSeconds)
+    if (only.has("overhead")) results.overhead = await overhead(direct, relayed, headers, busy, meters)
+    if (only.has("streaming")) results.streaming = await streaming(direct, relayed, headers, busy)
+    results.processCpuSeconds = { broker: round(cpuSeconds(broker.pid) - cpuAtStart[0]!), publisher: round(cpuSeconds(publisher.child.pid!) - cpuAtStart[1]!) }
+    results.brokerRssAfterLoadMiB = round(rssBytes(broker.pid) / 2 ** 20, 1)
+    await publisher.stop()
+    await broker.proc.stop()
+    await upstream.proc.stop()
+  }
+  if (only.has("queue")) results.queueCycle = await queueCycle(server.url)
+  if (only.has("sessions")) results.sessionScale = await sessionScale(brokerDb)
+  results.machineAtEnd = { calibration: calibrate(), loadAverage: Os.loadavg().map((n) => round(n)) }
   results.targets = targets
   results.durationSeconds = round((performance.now() - started) / 1000, 1)
+  if (cpuProf) results.profiles = Fs.existsSync(profileDir) ? Fs.readdirSync(profileDir).map((f) => Path.relative(ROOT, Path.join(profileDir, f))) : []
 
-  const widths = [0, 1, 2, 3].map((i) => Math.max(...[["figure", "llm-relay", "baseline", "ratio"], ...table].map((r) => r[i]!.length)))
-  const line = (r: ReadonlyArray<string>) => r.map((c, i) => c.padEnd(widths[i]!)).join(" | ")
-  console.log(`\n${line(["figure", "llm-relay", "baseline", "ratio"])}\n${widths.map((w) => "-".repeat(w)).join("-|-")}`)
-  for (const r of table) console.log(line(r))
-  console.log("\ntargets:")
-  for (const t of targets) console.log(`  ${t.met ? "met   " : "missed"}  ${t.target}: ${t.figure}`)
+  printTable()
   const dir = Path.join(ROOT, "bench/results")
   Fs.mkdirSync(dir, { recursive: true })
-  const file = Path.join(dir, `${new Date().toISOString().slice(0, 10)}${quick ? "-quick" : ""}.json`)
+  // a run of some scenarios only, or of other phase lengths, does not overwrite a whole run's figures
+  const partial = option("--only") !== undefined || option("--seconds") !== undefined || option("--sessions") !== undefined
+  const file = Path.join(dir, `${new Date().toISOString().slice(0, 10)}${quick ? "-quick" : ""}${partial ? "-partial" : ""}.json`)
   Fs.writeFileSync(file, JSON.stringify(results, null, 2) + "\n")
   console.log(`\nresults: ${Path.relative(ROOT, file)} (${results.durationSeconds} s)`)
+  if (cpuProf) console.log(`profiles: ${(results.profiles as Array<string>).join(", ")}`)
 }
 
 main()

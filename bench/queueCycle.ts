@@ -20,19 +20,24 @@ export interface CycleResult {
   readonly latencyMs: Summary
 }
 
-/** N tasks enqueued by 16 producers while `claimers` sessions claim and complete them. */
-export const relayCycle = (databaseUrl: string, tasks: number, claimers: number): Promise<CycleResult> =>
+/**
+ * N tasks enqueued by 16 producers while `sessions` publisher sessions, each
+ * with a row of `capacity` (its maxConcurrent), claim (`claimFor`: up to the
+ * free capacity in one statement) and complete them; `sessions × capacity`
+ * tasks are in flight at most, like a graphile-worker with that concurrency.
+ */
+export const relayCycle = (databaseUrl: string, tasks: number, claimers: number, capacity = 1): Promise<CycleResult> =>
   Effect.gen(function* () {
     yield* migrate()
     const queue = yield* TaskQueue
     const registry = yield* Registry
     const signals = yield* Signals
-    const pool = `cycle-${claimers}-${Date.now()}`
+    const pool = `cycle-${claimers}x${capacity}-${Date.now()}`
     const sessions = Array.from({ length: claimers }, (_, i) => `${pool}-claimer-${i}`)
     for (const [i, s] of sessions.entries()) {
       yield* registry.register("bench", {
         sessionId: s,
-        providers: [{ name: `${pool}-row-${i}`, model: "m", pool, maxConcurrent: 64 }]
+        providers: [{ name: `${pool}-row-${i}`, model: "m", pool, maxConcurrent: capacity }]
       })
       yield* registry.bindSession(s)
     }
@@ -75,7 +80,7 @@ export const relayCycle = (databaseUrl: string, tasks: number, claimers: number)
                   const t0 = enqueuedAt.get(f.taskId)
                   if (t0 !== undefined) latencies.push(performance.now() - t0)
                 }),
-              { concurrency: 8, discard: true }
+              { concurrency: "unbounded", discard: true }
             )
           }
         })
