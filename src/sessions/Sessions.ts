@@ -2,15 +2,15 @@
  * Publisher sessions as actors. Opening a session's task stream starts its
  * SessionActor: one fiber that binds the session's rows, claims tasks up to
  * each row's free `maxConcurrent`, and pushes `task` and `cancel` frames. It
- * wakes on a pool signal for one of its pools, on one of its tasks finishing
- * or being cancelled, and on a slow poll (signals are hints).
+ * claims on a pool signal for one of its pools, on one of its tasks finishing
+ * while a row was full, and on a slow poll (signals are hints).
  *
  * A second stream for the same session replaces the first: the old stream
  * ends, the session stays bound. When the current stream's scope closes
  * (client gone, DELETE, heartbeat timeout) the session unbinds: rows inactive,
  * held tasks revert or fail.
  */
-import { Context, Effect, Fiber, Layer, Mailbox, Queue, type Scope, type Stream } from "effect"
+import { Context, Effect, Fiber, Layer, Mailbox, Option, Queue, Ref, type Scope, type Stream } from "effect"
 import { RelayConfig } from "../config.js"
 import type { Frame } from "../domain/Frames.js"
 import type { SessionNotFound } from "../domain/Llm.js"
@@ -44,10 +44,16 @@ export const make = Effect.gen(function* () {
     Effect.scoped(
       Effect.gen(function* () {
         const wake = yield* Queue.sliding<void>(1)
+        // Pending work may be waiting for this session: a pool signal came, a
+        // claim filled a row, or the slow poll fired. Only then is a claim
+        // worth a round trip; a finished task alone frees room but brings none.
+        const mayHaveWork = yield* Ref.make(true)
         const rows = yield* registry.bindSession(sessionId)
         for (const pool of new Set(rows.flatMap((row) => [row.pool, row.name]))) {
           const dequeue = yield* signals.subscribePool(pool)
-          yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Queue.take(dequeue), Queue.offer(wake, undefined))))
+          yield* Effect.forkScoped(Effect.forever(
+            Queue.take(dequeue).pipe(Effect.zipRight(Ref.set(mayHaveWork, true)), Effect.zipRight(Queue.offer(wake, undefined)))
+          ))
         }
         const own = yield* signals.subscribeSession(sessionId)
         yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(own), (event) =>
@@ -55,12 +61,15 @@ export const make = Effect.gen(function* () {
             ? mailbox.offer({ _tag: "cancel", taskId: event.taskId, reason: event.reason })
             : Queue.offer(wake, undefined))))
         while (true) {
-          const frames = yield* queue.claimFor(sessionId)
-          if (frames.length > 0) yield* mailbox.offerAll(frames)
-          // A full claim may have left more work: look again at once.
-          if (frames.length === 0) {
-            yield* Queue.take(wake).pipe(Effect.timeout(config.sessionPollInterval), Effect.ignore)
+          if (yield* Ref.getAndSet(mayHaveWork, false)) {
+            const { frames, full, retry } = yield* queue.claim(sessionId)
+            if (frames.length > 0) yield* mailbox.offerAll(frames)
+            if (full) yield* Ref.set(mayHaveWork, true)
+            if (retry) continue
           }
+          const woke = yield* Queue.take(wake).pipe(Effect.timeout(config.sessionPollInterval), Effect.option)
+          // The slow poll: signals are hints, so look anyway now and then.
+          if (Option.isNone(woke)) yield* Ref.set(mayHaveWork, true)
         }
       })
     ).pipe(

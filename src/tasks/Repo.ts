@@ -67,14 +67,9 @@ export const taskFromRow = (row: TaskRow): Task =>
     errorMessage: row.errorMessage
   })
 
-/** One row of a session with room for more tasks, as the claim needs it. */
-export const Capacity = Schema.Struct({
-  name: Schema.String,
-  pool: Schema.String,
-  model: Schema.String,
-  free: Schema.Int
-})
-export type Capacity = typeof Capacity.Type
+/** A task a claim took, with the upstream model of the row it went to. */
+export const ClaimedRow = Schema.Struct({ ...TaskRow.fields, llmModel: Schema.String })
+export type ClaimedRow = typeof ClaimedRow.Type
 
 /** A row of a held task that a revert or timeout touched. */
 export const Moved = Schema.Struct({
@@ -124,6 +119,7 @@ export const make = Effect.gen(function* () {
     query.pipe(Effect.flatMap(decodeRows), Effect.orDie)
   const first = <E, R>(query: Effect.Effect<ReadonlyArray<unknown>, E, R>) =>
     Effect.map(rows(query), (r) => Option.fromNullable(r[0]))
+  const decodeClaimed = Schema.decodeUnknown(Schema.Array(ClaimedRow))
   const decodeMoved = Schema.decodeUnknown(Schema.Array(Moved))
   const moved = <E, R>(query: Effect.Effect<ReadonlyArray<unknown>, E, R>) =>
     query.pipe(Effect.flatMap(decodeMoved), Effect.orDie)
@@ -159,39 +155,71 @@ export const make = Effect.gen(function* () {
   }
 
   /**
-   * The free capacity of each active row of a session: its `maxConcurrent`
-   * minus the tasks the session holds for it.
+   * One round trip per claim: the free capacity of each active row of the
+   * session (its `maxConcurrent` minus the tasks it holds for it), and for
+   * each row up to that many pending tasks — pinned to it, or for its pool and
+   * unpinned; highest priority, then oldest — claimed for it. The LIMIT … SKIP
+   * LOCKED sits in a materialized CTE so the planner cannot re-run it and lock
+   * more. Two rows of one session in one pool may pick the same task: the
+   * UPDATE gives it to one of them, and that row shows as full, so the caller
+   * looks again.
+   *
+   * Returns every capacity row (LEFT JOIN), with the task claimed for it if
+   * any: `full` when a row's claims reached its free capacity (it may have
+   * left work), `roomLeft` when another row still had room.
    */
-  const capacityOf = (sessionId: string) =>
+  const claimFor = (sessionId: string, at: Date) =>
     sql`
-      SELECT l.name, l.pool, l.model,
-             l.max_concurrent - (SELECT count(*) FROM inference_tasks t
-                                 WHERE t.claimed_by = ${sessionId} AND t.claimed_llm = l.name
-                                   AND t.status IN ('claimed', 'running'))::int AS free
-      FROM llms l
-      WHERE l.provider_session_id = ${sessionId} AND l.kind = 'virtual' AND l.status = 'active'
-      ORDER BY l.name`.pipe(Effect.flatMap(Schema.decodeUnknown(Schema.Array(Capacity))), Effect.orDie)
-
-  /**
-   * Claims up to `limit` pending tasks for one row: pinned to it, or for its
-   * pool and unpinned; highest priority, then oldest. The LIMIT … SKIP LOCKED
-   * sits in a materialized CTE so the planner cannot re-run it and lock more.
-   */
-  const claim = (sessionId: string, row: { readonly name: string; readonly pool: string }, limit: number, at: Date) =>
-    rows(sql`
-      WITH picked AS MATERIALIZED (
-        SELECT id FROM inference_tasks
-        WHERE status = 'pending' AND (llm_name = ${row.name} OR (llm_name IS NULL AND pool = ${row.pool}))
-        ORDER BY priority DESC, created_at, seq
-        LIMIT ${limit}
-        FOR UPDATE SKIP LOCKED
+      WITH cap AS MATERIALIZED (
+        SELECT l.name, l.pool, l.model,
+               l.max_concurrent - (SELECT count(*) FROM inference_tasks t
+                                   WHERE t.claimed_by = ${sessionId} AND t.claimed_llm = l.name
+                                     AND t.status IN ('claimed', 'running'))::int AS free
+        FROM llms l
+        WHERE l.provider_session_id = ${sessionId} AND l.kind = 'virtual' AND l.status = 'active'
+      ),
+      picked AS MATERIALIZED (
+        SELECT c.name AS llm, c.model AS llm_model, p.id
+        FROM cap c CROSS JOIN LATERAL (
+          SELECT id FROM inference_tasks
+          WHERE status = 'pending' AND (llm_name = c.name OR (llm_name IS NULL AND pool = c.pool))
+          ORDER BY priority DESC, created_at, seq
+          LIMIT greatest(c.free, 0)
+          FOR UPDATE SKIP LOCKED
+        ) p
+      ),
+      claimed AS (
+        UPDATE inference_tasks t
+        SET status = 'claimed', claimed_by = ${sessionId}, claimed_llm = picked.llm, claimed_at = ${at},
+            attempts = t.attempts + 1, updated_at = ${at}
+        FROM picked WHERE t.id = picked.id
+        RETURNING t.*, picked.llm_model
       )
-      UPDATE inference_tasks t
-      SET status = 'claimed', claimed_by = ${sessionId}, claimed_llm = ${row.name}, claimed_at = ${at},
-          attempts = t.attempts + 1, updated_at = ${at}
-      FROM picked WHERE t.id = picked.id
-      RETURNING t.*`).pipe(
-      Effect.map((claimed) => [...claimed].sort((a, b) => b.priority - a.priority || +a.createdAt - +b.createdAt || a.seq - b.seq))
+      SELECT c.name AS cap_name, c.free AS cap_free, claimed.*
+      FROM cap c LEFT JOIN claimed ON claimed.claimed_llm = c.name`.pipe(
+      Effect.flatMap((result) => {
+        const free = new Map<string, number>()
+        const taken = new Map<string, number>()
+        const claimed: Array<unknown> = []
+        for (const r of result as ReadonlyArray<Record<string, unknown>>) {
+          const name = r.capName as string
+          free.set(name, Number(r.capFree))
+          if (r.id !== null && r.id !== undefined) {
+            claimed.push(r)
+            taken.set(name, (taken.get(name) ?? 0) + 1)
+          }
+        }
+        const full = [...free].some(([name, n]) => (taken.get(name) ?? 0) >= n)
+        const roomLeft = [...free].some(([name, n]) => (taken.get(name) ?? 0) < n)
+        return Effect.map(decodeClaimed(claimed), (tasks) => ({
+          tasks: [...tasks].sort((a, b) =>
+            b.priority - a.priority || +a.createdAt - +b.createdAt || Number(a.seq) - Number(b.seq)
+          ),
+          full,
+          roomLeft
+        }))
+      }),
+      Effect.orDie
     )
 
   const ack = (h: Holder, at: Date) =>
@@ -319,8 +347,7 @@ export const make = Effect.gen(function* () {
     insert,
     find,
     list,
-    capacityOf,
-    claim,
+    claimFor,
     ack,
     appendChunks,
     complete,

@@ -163,8 +163,13 @@ export const make = Effect.gen(function* () {
   /** Queues a task; `route` (from `TaskQueue.route`) saves looking the model up again. */
   const enqueue = Effect.fn("TaskQueue.enqueue")(function* (request: EnqueueRequest, routed?: Route) {
     const target = routed ?? (yield* route(request.model))
+    return taskFromRow(yield* insert(Crypto.randomUUID(), request, target))
+  })
+
+  /** Stores a new pending task and wakes its pool. */
+  const insert = Effect.fnUntraced(function* (id: string, request: EnqueueRequest, target: Route) {
     const row = yield* repo.insert({
-      id: Crypto.randomUUID(),
+      id,
       pool: target.pool,
       llmName: target.llmName,
       model: request.model,
@@ -177,7 +182,7 @@ export const make = Effect.gen(function* () {
       agentId: request.agentId ?? null
     }, yield* now)
     yield* signals.wakePool(row.pool)
-    return taskFromRow(row)
+    return row
   })
 
   const get = (id: string) => Effect.map(repo.find(id), Option.map(taskFromRow))
@@ -207,29 +212,35 @@ export const make = Effect.gen(function* () {
    * Claims, for each active row of the session with free capacity, up to that
    * many tasks, and returns the frames to send.
    */
-  const claimFor = Effect.fn("TaskQueue.claimFor")(function* (sessionId: string) {
-    const rows = yield* repo.capacityOf(sessionId)
+  /**
+   * Claims what fits for a session, in one statement. `full` says some row
+   * reached its free capacity, so pending work may be left for it: the actor
+   * looks again when capacity frees instead of waiting for a new pool signal.
+   * `retry` says a full row sits next to one with room, which may have lost a
+   * task to it: look again at once.
+   */
+  const claim = Effect.fn("TaskQueue.claim")(function* (sessionId: string) {
+    const { tasks, full, roomLeft } = yield* repo.claimFor(sessionId, yield* now)
     const frames: Array<TaskFrame> = []
-    for (const row of rows) {
-      if (row.free <= 0) continue
-      const claimed = yield* repo.claim(sessionId, row, row.free, yield* now)
-      for (const task of claimed) {
-        frames.push({
-          _tag: "task",
-          kind: "infer",
-          taskId: task.id,
-          attempt: task.attempts,
-          llmName: row.name,
-          model: row.model,
-          path: task.path,
-          streaming: task.streaming,
-          body: task.requestBody
-        })
-        yield* changed(task.id, "claimed")
-      }
+    for (const task of tasks) {
+      frames.push({
+        _tag: "task",
+        kind: "infer",
+        taskId: task.id,
+        attempt: task.attempts,
+        llmName: task.claimedLlm ?? task.pool,
+        model: task.llmModel,
+        path: task.path,
+        streaming: task.streaming,
+        body: task.requestBody
+      })
+      yield* changed(task.id, "claimed")
     }
-    return frames
+    return { frames, full, retry: full && roomLeft && frames.length > 0 }
   })
+
+  /** The `task` frames of what `claim` took for the session. */
+  const claimFor = (sessionId: string) => Effect.map(claim(sessionId), (claimed) => claimed.frames)
 
   /**
    * Why a publisher's post matched nothing. `completeAgain` is the one benign
@@ -376,10 +387,29 @@ export const make = Effect.gen(function* () {
    */
   const waitFor = (taskId: string, timeoutInput: Duration.DurationInput) =>
     Effect.gen(function* () {
-      const timeout = Duration.decode(timeoutInput)
       const events = yield* signals.subscribeTask(taskId)
       const initial = yield* repo.find(taskId)
       if (Option.isNone(initial)) return yield* new TaskNotFound({ message: `no task '${taskId}'` })
+      return yield* watch(taskId, Duration.decode(timeoutInput), events, initial.value)
+    })
+
+  /**
+   * Enqueue and wait in one go (the OpenAI routes): the waiter subscribes
+   * before the insert, so the inserted row is its starting point and no
+   * re-read is needed.
+   */
+  const submit = (request: EnqueueRequest, routed: Route, timeoutInput: Duration.DurationInput) =>
+    Effect.gen(function* () {
+      const id = Crypto.randomUUID()
+      const events = yield* signals.subscribeTask(id)
+      const row = yield* insert(id, request, routed)
+      const waiter = yield* watch(id, Duration.decode(timeoutInput), events, row)
+      return { task: taskFromRow(row), waiter }
+    })
+
+  /** A waiter on a task from a known row, with its task events already subscribed. */
+  const watch = (taskId: string, timeout: Duration.Duration, events: Queue.Dequeue<TaskEvent>, initialRow: TaskRow) =>
+    Effect.gen(function* () {
       const mailbox = yield* Mailbox.make<string>()
       const result = yield* Deferred.make<Task, WaitError>()
       let nextSeq = 1
@@ -421,7 +451,7 @@ export const make = Effect.gen(function* () {
       }
 
       const follow = Effect.gen(function* () {
-        if (yield* catchUp(initial.value)) return
+        if (yield* catchUp(initialRow)) return
         while (true) {
           const event = yield* Queue.take(events).pipe(Effect.timeout(config.pollInterval), Effect.option)
           if (yield* (Option.isSome(event) ? onEvent(event.value) : check)) return
@@ -441,6 +471,8 @@ export const make = Effect.gen(function* () {
     enqueue,
     get,
     list,
+    submit,
+    claim,
     claimFor,
     ack,
     appendChunks,

@@ -113,6 +113,33 @@ describe("SessionActor", () => {
       assert.deepStrictEqual(next.map((f) => f.taskId), [tasks[2]!.id])
     }).pipe(Effect.provide(Manual)))
 
+  it.scoped("two rows of one session in one pool each take a task at once, and one more when one finishes", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry
+      const queue = yield* TaskQueue
+      yield* registry.register("pub", {
+        sessionId: "sess-twins",
+        providers: [{ ...provider("twin-a", 1), pool: "twins" }, { ...provider("twin-b", 1), pool: "twins" }]
+      })
+      // Queued before the stream opens: one claim statement serves both rows
+      // from the same pool, and each must get a task of its own.
+      const tasks = yield* Effect.forEach([1, 2, 3], (i) => enqueue("twins", `q${i}`))
+      const { frames } = yield* openStream("sess-twins", yield* Scope.make())
+      // No clock moves: the slow poll never fires, so only the claims the signals caused count.
+      yield* eventually(Effect.map(Queue.size(frames), (n) => n >= 2), "a task frame for each row")
+      yield* settle
+      const first = yield* taskFrames(frames)
+      assert.strictEqual(first.length, 2)
+      assert.deepStrictEqual(first.map((f) => f.taskId).sort(), [tasks[0]!.id, tasks[1]!.id].sort())
+      assert.deepStrictEqual(first.map((f) => (f._tag === "task" ? f.llmName : "")).sort(), ["twin-a", "twin-b"])
+      const done = first[0]!
+      if (done._tag !== "task") return assert.fail("expected a task frame")
+      yield* queue.complete("sess-twins", done.taskId, { status: 200, body: { ok: true } }, done.attempt)
+      yield* eventually(Effect.map(Queue.size(frames), (n) => n >= 1), "the third task frame")
+      const next = yield* taskFrames(frames)
+      assert.deepStrictEqual(next.map((f) => (f._tag === "task" ? [f.taskId, f.llmName] : [])), [[tasks[2]!.id, done.llmName]])
+    }).pipe(Effect.provide(Manual)))
+
   it.scoped("a task frame carries the attempt, the row's name and model, and the request body unchanged", () =>
     Effect.gen(function* () {
       const registry = yield* Registry

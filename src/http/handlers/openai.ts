@@ -90,16 +90,23 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
           return yield* new PublisherOffline({ message: `no publisher is online for '${model}'` })
         }
         const streaming = body.stream === true
-        const task = yield* queue.enqueue({ model, path, streaming, requestBody: body, ownerId: principal.id }, route)
-        const headers = { [TASK_HEADER]: task.id }
-        const cancel = (reason: string) => queue.cancel(task.id, reason).pipe(Effect.ignore)
+        const submission = { model, path, streaming, requestBody: body, ownerId: principal.id }
 
         // Everything the waiter subscribes to lives in this scope; for a stream
         // it outlives the handler and closes when the response ends.
         const scope = yield* Scope.make()
         const closeScope = Scope.close(scope, Exit.void)
+        // Online: enqueue and subscribe in one step. Offline with a max wait:
+        // the task queues, and the wait for its answer starts once it is claimed.
+        const submitted = online
+          ? yield* Scope.extend(queue.submit(submission, route, timeout), scope).pipe(Effect.onError(() => closeScope))
+          : { task: yield* queue.enqueue(submission, route), waiter: undefined }
+        const task = submitted.task
+        const headers = { [TASK_HEADER]: task.id }
+        const cancel = (reason: string) => queue.cancel(task.id, reason).pipe(Effect.ignore)
         const waiting = Effect.gen(function* () {
-          if (!online && Option.isSome(maxWait)) yield* awaitClaim(task.id, maxWait.value)
+          if (submitted.waiter !== undefined) return submitted.waiter
+          if (Option.isSome(maxWait)) yield* awaitClaim(task.id, maxWait.value)
           return yield* Scope.extend(queue.waitFor(task.id, timeout), scope)
         }).pipe(Effect.onInterrupt(() => Effect.zipRight(cancel("the client closed the connection"), closeScope)))
 
