@@ -236,6 +236,10 @@ export const make = Effect.gen(function* () {
       })
       yield* changed(task.id, "claimed")
     }
+    // Pinned tasks taken by a full row may have left pool tasks locked past
+    // the cut, which another session skipped: wake the pool for them.
+    const pinnedPools = new Set(tasks.filter((task) => task.llmName !== null).map((task) => task.pool))
+    if (full) yield* Effect.forEach(pinnedPools, (pool) => signals.wakePool(pool), { discard: true })
     return { frames, full, retry: full && roomLeft && frames.length > 0 }
   })
 

@@ -121,8 +121,9 @@ describe("SessionActor", () => {
         sessionId: "sess-twins",
         providers: [{ ...provider("twin-a", 1), pool: "twins" }, { ...provider("twin-b", 1), pool: "twins" }]
       })
-      // Queued before the stream opens: one claim statement serves both rows
-      // from the same pool, and each must get a task of its own.
+      // Queued before the stream opens: one claim statement serves both rows,
+      // and both pick the oldest task; one row gets it, and the actor must look
+      // again at once for the other (no signal will come).
       const tasks = yield* Effect.forEach([1, 2, 3], (i) => enqueue("twins", `q${i}`))
       const { frames } = yield* openStream("sess-twins", yield* Scope.make())
       // No clock moves: the slow poll never fires, so only the claims the signals caused count.
