@@ -9,6 +9,7 @@
  * answered 500 in the same shape; interruption (the client left) passes through.
  */
 import { HttpApiError, HttpServerError, HttpServerResponse } from "@effect/platform"
+import { SqlError } from "@effect/sql/SqlError"
 import { Cause, Effect, Option, ParseResult, Predicate } from "effect"
 import * as Errors from "../domain/Errors.js"
 import * as TaskErrors from "../domain/Task.js"
@@ -58,6 +59,13 @@ const isTooLarge = (error: HttpServerError.RequestError): boolean =>
   /max|too large|exceed/i.test(String(error.description ?? "")) ||
   /max|too large|exceed/i.test(String((error.cause as { message?: unknown } | undefined)?.message ?? ""))
 
+/**
+ * PostgreSQL refusing U+0000: `unsupported Unicode escape sequence` (22P05,
+ * jsonb) or `invalid byte sequence` (22021, text).
+ */
+const isUnstorableText = (cause: unknown) =>
+  Predicate.hasProperty(cause, "code") && (cause.code === "22P05" || cause.code === "22021")
+
 /** The wire form of a domain/platform failure; None for unknown errors. */
 export const toWire = (error: unknown): Option.Option<{ status: number; type: string; message: string }> => {
   if (error instanceof TaskErrors.UpstreamError) {
@@ -70,6 +78,15 @@ export const toWire = (error: unknown): Option.Option<{ status: number; type: st
       return path ? `${path}: ${issue.message}` : issue.message
     })
     return Option.some({ status: 400, type: "BadRequest", message: first.join("; ") || error.message })
+  }
+  if (error instanceof SqlError && isUnstorableText(error.cause)) {
+    // Valid JSON, but PostgreSQL text and jsonb cannot hold U+0000: the
+    // statement failed as a whole, so nothing was stored.
+    return Option.some({
+      status: 400,
+      type: "BadRequest",
+      message: "the body contains a NUL character (\\u0000), which cannot be stored"
+    })
   }
   if (ParseResult.isParseError(error)) {
     return Option.some({ status: 400, type: "BadRequest", message: Errors.describeParseError(error) })

@@ -229,6 +229,24 @@ describe("errors a client sees", () => {
     assert.match(badProvider.body.error.message, /providers\[0\]\.name/)
   })
 
+  it("a NUL character (which PostgreSQL cannot store) in a body: 400, nothing stored", async () => {
+    const name = unique("llm")
+    const publisher = new RawPublisher(broker.url, publisherToken)
+    await publisher.register([{ name }])
+    const agentId = unique("agent-nul")
+    const created = await fetchJson("/v1/tasks", {
+      method: "POST",
+      token: clientToken,
+      body: JSON.stringify({ model: name, agentId, body: { model: name, messages: [{ role: "user", content: "a\u0000b" }] } })
+    })
+    assert.strictEqual(created.status, 400)
+    assert.strictEqual(created.body.error.type, "BadRequest")
+    assert.match(created.body.error.message, /NUL/)
+    const listed = await fetchJson(`/v1/tasks?agentId=${agentId}`, { token: clientToken })
+    assert.strictEqual(listed.status, 200)
+    assert.strictEqual(listed.body.data.length, 0)
+  })
+
   it("an unknown route is a 404 in the same shape", async () => {
     const response = await fetchJson("/v1/nope", { token: clientToken })
     assert.strictEqual(response.status, 404)
