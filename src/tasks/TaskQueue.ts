@@ -209,10 +209,6 @@ export const make = Effect.gen(function* () {
   })
 
   /**
-   * Claims, for each active row of the session with free capacity, up to that
-   * many tasks, and returns the frames to send.
-   */
-  /**
    * Claims what fits for a session, in one statement. `full` says some row
    * reached its free capacity, so pending work may be left for it: the actor
    * looks again when capacity frees instead of waiting for a new pool signal.
