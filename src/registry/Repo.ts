@@ -64,11 +64,16 @@ export const make = Effect.gen(function* () {
       WHERE id = ${id} AND kind = 'virtual'
       RETURNING *`).pipe(Effect.map((r) => r[0]!))
 
-  /** Rows the session held but no longer lists go inactive. */
+  /**
+   * Rows the session held but no longer lists go inactive and leave the
+   * session, so its stream or heartbeat does not revive them (listing the name
+   * again adopts the row, same `id`).
+   */
   const deactivateUnlisted = (sessionId: string, keep: ReadonlyArray<string>, now: Date) =>
     rows(sql`
-      UPDATE llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
-      WHERE provider_session_id = ${sessionId} AND kind = 'virtual' AND status = 'active'
+      UPDATE llms SET provider_session_id = NULL, updated_at = ${now},
+        status = 'inactive', inactive_since = CASE WHEN status = 'active' THEN ${now} ELSE inactive_since END
+      WHERE provider_session_id = ${sessionId} AND kind = 'virtual'
         AND NOT (name = ANY(${keep}))
       RETURNING *`)
 

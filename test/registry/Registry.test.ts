@@ -109,7 +109,7 @@ describe("Registry.register", () => {
       assert.isTrue(Option.isNone(yield* registry.findByName("b")))
     }).pipe(Effect.provide(RegistryTest)))
 
-  it.effect("makes rows the session no longer lists inactive", () =>
+  it.effect("makes rows the session no longer lists inactive, for good: its stream and heartbeat do not revive them", () =>
     Effect.gen(function* () {
       const registry = yield* Registry
       yield* TestClock.setTime(1_000)
@@ -119,7 +119,16 @@ describe("Registry.register", () => {
       const b = Option.getOrThrow(yield* registry.findByName("b"))
       assert.strictEqual(b.status, "inactive")
       assert.strictEqual(b.inactiveSince?.getTime(), 2_000)
+      assert.isNull(b.providerSessionId, "a dropped row leaves the session")
       assert.strictEqual(Option.getOrThrow(yield* registry.findByName("a")).status, "active")
+      // the session's stream opening or its heartbeat does not bring it back…
+      yield* registry.bindSession("sess-0001")
+      yield* registry.heartbeat("sess-0001")
+      assert.strictEqual(Option.getOrThrow(yield* registry.findByName("b")).status, "inactive")
+      // …listing it again does, as the same row
+      yield* registry.register("p", { sessionId: "sess-0001", providers: [provider("a"), provider("b")] })
+      const back = Option.getOrThrow(yield* registry.findByName("b"))
+      assert.deepStrictEqual([back.id, back.status, back.providerSessionId], [b.id, "active", "sess-0001"])
     }).pipe(Effect.provide(RegistryTest)))
 
   describe("rejects bad input with BadRequest naming the field, writing nothing", () => {
