@@ -2,9 +2,13 @@
 import { HttpServerResponse } from "@effect/platform"
 import { Stream } from "effect"
 
-/** One SSE event; multi-line data is split into several `data:` lines as the format requires. */
+/**
+ * One SSE event. Multi-line data is split into several `data:` lines, as the
+ * format requires (a reader joins them with "\n"); CR, LF and CRLF all end a
+ * line there, so each counts as a break here.
+ */
 export const event = (name: string | undefined, data: string): string =>
-  `${name === undefined ? "" : `event: ${name}\n`}${data.split("\n").map((line) => `data: ${line}`).join("\n")}\n\n`
+  `${name === undefined ? "" : `event: ${name}\n`}${data.split(/\r\n|\r|\n/).map((line) => `data: ${line}`).join("\n")}\n\n`
 
 export const comment = (text: string): string => `: ${text}\n\n`
 

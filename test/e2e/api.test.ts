@@ -95,6 +95,24 @@ describe("chat completions through a publisher", () => {
     publisher.disconnect()
   })
 
+  it("streaming: a chunk spread over several lines (LF or CRLF) reaches the SDK whole; a bodiless result ends it", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const pretty = (content: string, eol: string) => JSON.stringify(JSON.parse(chunk(content)), null, 2).split("\n").join(eol)
+    const stop = autoServe(publisher, async (task) => {
+      await publisher.post(task.taskId, "chunks", { chunks: [pretty("one ", "\n"), pretty("two", "\r\n")], attempt: task.attempt })
+      // a result with no body at all: status 200, the stream's end
+      const end = await publisher.request("POST", `/v1/publishers/sessions/${publisher.sessionId}/tasks/${task.taskId}/result`)
+      assert.strictEqual(end.status, 204, await end.clone().text())
+    })
+    const stream = await client.chat.completions.create({ model: name, messages: [{ role: "user", content: "x" }], stream: true })
+    const received: Array<string> = []
+    for await (const part of stream) received.push(part.choices[0]?.delta?.content ?? "")
+    stop()
+    assert.deepStrictEqual(received, ["one ", "two"])
+    publisher.disconnect()
+  })
+
   it("routes a pool name to any active member", async () => {
     const pool = unique("pool")
     const a = await online([{ name: unique("member"), pool }])

@@ -16,11 +16,11 @@ export const ChunksPayload = Schema.Struct({
   chunks: Schema.Array(Schema.String).pipe(Schema.maxItems(10_000)),
   attempt: Attempt
 })
-export const ResultPayload = Schema.Struct({
+export const ResultPayload = orEmpty(Schema.Struct({
   status: Schema.optionalWith(HttpStatus, { default: () => 200 }),
   body: Schema.optional(Schema.Unknown),
   attempt: Attempt
-})
+}))
 export const ErrorPayload = Schema.Struct({
   message: Schema.String.pipe(Schema.maxLength(65_536)),
   status: Schema.optionalWith(HttpStatus, { default: () => 502 }),

@@ -156,7 +156,7 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
           )
           const body = Stream.concat(
             Stream.concat(head, rest).pipe(
-              Stream.map((chunk) => `data: ${chunk}\n\n`),
+              Stream.map((chunk) => Sse.event(undefined, chunk)),
               Stream.catchAll((e) => Stream.make(errorFrame(e)))
             ),
             tail

@@ -85,11 +85,12 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
       .handle("result", ({ path, payload }) =>
         Effect.zipRight(
           ownSession(path.sessionId),
+          // an empty body is a bare 200 (a streamed task's end)
           queue.complete(
             path.sessionId,
             path.taskId,
-            payload.body === undefined ? { status: payload.status } : { status: payload.status, body: payload.body },
-            payload.attempt
+            payload?.body === undefined ? { status: payload?.status ?? 200 } : { status: payload.status, body: payload.body },
+            payload?.attempt
           )
         ))
       .handle("error", ({ path, payload }) =>
