@@ -25,8 +25,19 @@ export const wireError = (type: string, message: string): WireError => ({
   error: { type, code: snakeCase(type), message }
 })
 
+/**
+ * Answers the `openai` SDK must not retry on its own (it retries 5xx twice by
+ * default): the relay has already waited (504), redispatched what it safely
+ * could (502), or found no publisher (503; `X-Relay-Max-Wait` is the way to
+ * wait for one). A retry would be a new task, and a 504 would triple the wait.
+ */
+const final = new Set(["PublisherDisconnected", "PublisherOffline", "Timeout"])
+
 export const errorResponse = (status: number, type: string, message: string) =>
-  HttpServerResponse.unsafeJson(wireError(type, message), { status })
+  HttpServerResponse.unsafeJson(wireError(type, message), {
+    status,
+    ...(final.has(type) ? { headers: { "x-should-retry": "false" } } : {})
+  })
 
 /** The status of each domain error tag (the class's annotation, in one table). */
 const statusByTag: Record<string, number> = {
@@ -41,7 +52,6 @@ const statusByTag: Record<string, number> = {
   LlmNotFound: 404,
   NameConflict: 409,
   TaskNotHeld: 409,
-  TaskAlreadyTerminal: 409,
   TaskCancelled: 410,
   PayloadTooLarge: 413,
   NotImplemented: 501,
@@ -108,6 +118,11 @@ export const toWire = (error: unknown): Option.Option<{ status: number; type: st
       default:
         return Option.none()
     }
+  }
+  if (error instanceof TaskErrors.TaskAlreadyTerminal) {
+    // The queue tells "ended" from "someone else's"; on the wire both are
+    // PROTOCOL's 409 TaskNotHeld (the session holds the task no more).
+    return Option.some({ status: 409, type: "TaskNotHeld", message: error.message })
   }
   if (hasTagAndMessage(error) && error._tag in statusByTag) {
     return Option.some({ status: statusByTag[error._tag]!, type: error._tag, message: error.message })

@@ -260,7 +260,7 @@ export const make = Effect.gen(function* () {
       }
       if (completeAgain && mine && task.status === "completed") return Effect.void
       if (isTerminal(task.status) && mine) {
-        return Effect.fail(new TaskAlreadyTerminal({ message: `task '${h.taskId}' already ended ${task.status}` }))
+        return Effect.fail(new TaskAlreadyTerminal({ message: `task '${h.taskId}' already ended (${task.status}); this session holds it no more` }))
       }
       return Effect.fail(
         new TaskNotHeld({
