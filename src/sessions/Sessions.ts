@@ -13,7 +13,7 @@
 import { Context, Effect, Fiber, Layer, Mailbox, Option, Queue, Ref, type Scope, type Stream } from "effect"
 import { RelayConfig } from "../config.js"
 import type { Frame } from "../domain/Frames.js"
-import type { SessionNotFound } from "../domain/Llm.js"
+import type { Llm, SessionNotFound } from "../domain/Llm.js"
 import { Registry } from "../registry/Registry.js"
 import { Signals } from "../signals/Signals.js"
 import { TaskQueue } from "../tasks/TaskQueue.js"
@@ -48,18 +48,29 @@ export const make = Effect.gen(function* () {
         // claim filled a row, or the slow poll fired. Only then is a claim
         // worth a round trip; a finished task alone frees room but brings none.
         const mayHaveWork = yield* Ref.make(true)
-        const rows = yield* registry.bindSession(sessionId)
-        for (const pool of new Set(rows.flatMap((row) => [row.pool, row.name]))) {
-          const dequeue = yield* signals.subscribePool(pool)
-          yield* Effect.forkScoped(Effect.forever(
-            Queue.take(dequeue).pipe(Effect.zipRight(Ref.set(mayHaveWork, true)), Effect.zipRight(Queue.offer(wake, undefined)))
-          ))
-        }
+        const lookAgain = Effect.zipRight(Ref.set(mayHaveWork, true), Queue.offer(wake, undefined))
+        /** Follows the pool (and name) signals of each row, once per pool. */
+        const subscribed = new Set<string>()
+        const follow = (rows: ReadonlyArray<Llm>) =>
+          Effect.forEach(rows.flatMap((row) => [row.pool, row.name]), (pool) =>
+            subscribed.has(pool) ? Effect.void : Effect.gen(function* () {
+              subscribed.add(pool)
+              const dequeue = yield* signals.subscribePool(pool)
+              yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Queue.take(dequeue), lookAgain)))
+            }), { discard: true })
         const own = yield* signals.subscribeSession(sessionId)
-        yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(own), (event) =>
-          event._tag === "Cancel"
-            ? mailbox.offer({ _tag: "cancel", taskId: event.taskId, reason: event.reason })
-            : Queue.offer(wake, undefined))))
+        yield* follow(yield* registry.bindSession(sessionId))
+        yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(own), (event) => {
+          switch (event._tag) {
+            case "Cancel":
+              return mailbox.offer({ _tag: "cancel", taskId: event.taskId, reason: event.reason })
+            case "Freed":
+              return Queue.offer(wake, undefined)
+            case "Rows":
+              // re-registered while open: new rows may serve new pools with work waiting
+              return Effect.zipRight(Effect.flatMap(registry.llmsOfSession(sessionId), follow), lookAgain)
+          }
+        })))
         while (true) {
           if (yield* Ref.getAndSet(mayHaveWork, false)) {
             const { frames, full, retry } = yield* queue.claim(sessionId)

@@ -21,6 +21,8 @@ export type SessionEvent =
   | { readonly _tag: "Cancel"; readonly taskId: string; readonly reason: string }
   /** One of the session's tasks finished or left it: it may claim again. */
   | { readonly _tag: "Freed" }
+  /** The session re-registered: its rows (and so its pools) may have changed. */
+  | { readonly _tag: "Rows" }
 
 export interface SignalsShape {
   readonly wakePool: (pool: string) => Effect.Effect<void>

@@ -6,6 +6,7 @@ import type { Frame } from "../../domain/Frames.js"
 import { SessionNotFound } from "../../domain/Llm.js"
 import { Registry } from "../../registry/Registry.js"
 import { Sessions } from "../../sessions/Sessions.js"
+import { Signals } from "../../signals/Signals.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
 import { requireRole } from "../Auth.js"
@@ -21,6 +22,7 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
     const registry = yield* Registry
     const sessions = yield* Sessions
     const queue = yield* TaskQueue
+    const signals = yield* Signals
     const config = yield* RelayConfig
 
     /**
@@ -50,7 +52,10 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
 
     return handlers
       .handle("register", ({ payload }) =>
-        Effect.flatMap(requireRole("publisher"), (principal) => registry.register(principal.id, payload)))
+        Effect.flatMap(requireRole("publisher"), (principal) => registry.register(principal.id, payload)).pipe(
+          // an open stream of the session follows its new rows' pools
+          Effect.tap((registration) => signals.publishSession(registration.sessionId, { _tag: "Rows" }))
+        ))
       .handle("stream", ({ path }) =>
         Effect.gen(function* () {
           yield* ownSession(path.sessionId)
