@@ -192,6 +192,11 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
 
     const modelsList = Effect.gen(function* () {
       yield* requireRole("client")
+      return { object: "list" as const, data: yield* modelEntries }
+    })
+
+    /** Every LLM name, plus each pool name that differs from its members' names. */
+    const modelEntries = Effect.gen(function* () {
       const llms = yield* registry.list
       const entry = (id: string, llm: Llm, kind: string, status: string) => ({
         id,
@@ -208,19 +213,26 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
       for (const llm of llms) {
         if (!names.has(llm.pool)) pools.set(llm.pool, [...(pools.get(llm.pool) ?? []), llm])
       }
-      return {
-        object: "list" as const,
-        data: [
-          ...llms.map((llm) => entry(llm.name, llm, llm.kind, llm.status)),
-          ...[...pools.entries()].map(([pool, members]) =>
-            entry(pool, members[0]!, "pool", members.some((m) => m.status === "active") ? "active" : "inactive")
-          )
-        ]
-      }
+      return [
+        ...llms.map((llm) => entry(llm.name, llm, llm.kind, llm.status)),
+        ...[...pools.entries()].map(([pool, members]) =>
+          entry(pool, members[0]!, "pool", members.some((m) => m.status === "active") ? "active" : "inactive")
+        )
+      ]
     })
+
+    /** One entry of the list (the SDK's `models.retrieve`); 404 ModelNotFound for a name the list lacks. */
+    const modelOne = (id: string) =>
+      Effect.gen(function* () {
+        yield* requireRole("client")
+        const found = (yield* modelEntries).find((entry) => entry.id === id)
+        if (found === undefined) return yield* new ModelNotFound({ message: `the model '${id}' does not exist` })
+        return found
+      })
 
     return handlers
       .handle("models", () => modelsList)
+      .handle("model", ({ path }) => modelOne(path.id))
       .handle("chatCompletions", infer("/v1/chat/completions"))
       .handle("completions", infer("/v1/completions"))
       .handle("embeddings", infer("/v1/embeddings"))
