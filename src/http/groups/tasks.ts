@@ -13,11 +13,17 @@ export const CreateTaskRequest = Schema.Struct({
 
 const IdPath = Schema.Struct({ id: Schema.String })
 
+/** An empty query parameter (`?status=`) is as good as an absent one. */
+const blank = Schema.Literal("")
+
 export const ListParams = Schema.Struct({
-  status: Schema.optional(TaskStatus),
+  status: Schema.optional(Schema.Union(blank, TaskStatus)),
   agentId: Schema.optional(Schema.String),
   limit: Schema.optionalWith(
-    Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 500, { message: () => "limit must be 1-500" })),
+    Schema.Union(
+      blank,
+      Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 500, { message: () => "limit must be 1-500" }))
+    ),
     { default: () => 50 }
   ),
   cursor: Schema.optional(Schema.String)

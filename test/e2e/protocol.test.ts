@@ -1,0 +1,208 @@
+/**
+ * PROTOCOL.md's finer points end to end, on a broker of their own whose
+ * running timeout and sweep are short (300 ms, every 100 ms), with the
+ * official `openai` SDK and a raw publisher as clients.
+ */
+import { Duration } from "effect"
+import OpenAI from "openai"
+import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { startBroker, type TestBroker } from "../support/broker.js"
+import { chunk, completion, parseSse, RawPublisher, type SseEvent } from "../support/rawPublisher.js"
+
+let broker: TestBroker
+let clientToken: string
+let publisherToken: string
+
+beforeAll(async () => {
+  broker = await startBroker({ runningTimeout: Duration.millis(300), sweepInterval: Duration.millis(100) })
+  clientToken = await broker.token("client")
+  publisherToken = await broker.token("publisher")
+})
+afterAll(() => broker?.close())
+
+let counter = 0
+const unique = (prefix: string) => `${prefix}-${++counter}-${Math.random().toString(36).slice(2, 6)}`
+
+const online = async (providers: ReadonlyArray<{ name: string; pool?: string }>) => {
+  const publisher = new RawPublisher(broker.url, publisherToken)
+  const response = await publisher.register(providers)
+  assert.strictEqual(response.status, 200, await response.clone().text())
+  await publisher.connect()
+  return publisher
+}
+
+const call = async (path: string, init: RequestInit & { token?: string; raw?: string } = {}) => {
+  const { token, raw, ...rest } = init
+  const response = await fetch(`${broker.url}${path}`, {
+    ...rest,
+    ...(raw !== undefined ? { body: raw } : {}),
+    headers: {
+      ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
+      "content-type": "application/json"
+    }
+  })
+  const text = await response.text()
+  return { status: response.status, headers: response.headers, body: text.length > 0 ? JSON.parse(text) : null }
+}
+
+const createTask = (model: string, body: Record<string, unknown> = { messages: [] }) =>
+  call("/v1/tasks", { method: "POST", token: clientToken, raw: JSON.stringify({ model, body: { model, ...body } }) })
+
+describe("async tasks", () => {
+  it("POST /v1/tasks names the task in X-Relay-Task-Id", async () => {
+    const name = unique("llm")
+    await new RawPublisher(broker.url, publisherToken).register([{ name }])
+    const created = await createTask(name)
+    assert.strictEqual(created.status, 202)
+    assert.strictEqual(created.headers.get("x-relay-task-id"), created.body.id)
+  })
+
+  it("/wait answers 200 with the Task for a task that ended in its own running Timeout; 504 only when the wait runs out", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const hung = await createTask(name)
+    const task = await publisher.nextTask()
+    await publisher.post(task.taskId, "ack", { attempt: task.attempt })
+    // the holder never answers: the sweep ends the task error Timeout after 300 ms
+    const waited = await call(`/v1/tasks/${hung.body.id}/wait?timeoutMs=10000`, { token: clientToken })
+    assert.strictEqual(waited.status, 200, JSON.stringify(waited.body))
+    assert.strictEqual(waited.body.status, "error")
+    assert.strictEqual(waited.body.id, hung.body.id)
+    await publisher.next((f) => f.event === "cancel" && JSON.parse(f.data).taskId === task.taskId)
+    publisher.disconnect()
+
+    const nobody = unique("llm")
+    await new RawPublisher(broker.url, publisherToken).register([{ name: nobody }])
+    const queued = await createTask(nobody)
+    const ranOut = await call(`/v1/tasks/${queued.body.id}/wait?timeoutMs=200`, { token: clientToken })
+    assert.strictEqual(ranOut.status, 504)
+    assert.strictEqual(ranOut.body.error.type, "Timeout")
+    assert.strictEqual((await call(`/v1/tasks/${queued.body.id}`, { token: clientToken })).body.status, "pending")
+  })
+
+  it("empty list parameters count as absent", async () => {
+    const name = unique("llm")
+    await new RawPublisher(broker.url, publisherToken).register([{ name }])
+    const created = await createTask(name)
+    const listed = await call("/v1/tasks?status=&agentId=&limit=&cursor=", { token: clientToken })
+    assert.strictEqual(listed.status, 200, JSON.stringify(listed.body))
+    assert.strictEqual(listed.body.data[0].id, created.body.id, "newest first")
+    const bad = await call("/v1/tasks?status=nonsense", { token: clientToken })
+    assert.strictEqual(bad.status, 400)
+  })
+
+  it("/events sends a status event each time the task moves: pending, claimed, running; then chunks and done", async () => {
+    const name = unique("llm")
+    const registering = new RawPublisher(broker.url, publisherToken)
+    await registering.register([{ name }])
+    const created = await createTask(name, { stream: true })
+    const response = await fetch(`${broker.url}/v1/tasks/${created.body.id}/events`, {
+      headers: { authorization: `Bearer ${clientToken}` }
+    })
+    const events: Array<SseEvent> = []
+    let notify = () => {}
+    const reading = (async () => {
+      for await (const event of parseSse(response.body!)) {
+        events.push(event)
+        notify()
+        if (event.event === "done") return
+      }
+    })()
+    const statuses = () => events.filter((e) => e.event === "status").map((e) => JSON.parse(e.data).status)
+    const until = async (n: number) => {
+      for (let i = 0; i < 100 && statuses().length < n; i++) await new Promise<void>((r) => { notify = r; setTimeout(r, 100) })
+    }
+    await until(1)
+    await registering.connect()
+    const task = await registering.nextTask()
+    await until(2)
+    await registering.post(task.taskId, "ack", { attempt: task.attempt })
+    await until(3)
+    await registering.post(task.taskId, "chunks", { chunks: [chunk("x")], attempt: task.attempt })
+    await registering.post(task.taskId, "result", { attempt: task.attempt })
+    await reading
+    registering.disconnect()
+    assert.deepStrictEqual(statuses(), ["pending", "claimed", "running"])
+    assert.deepStrictEqual(events.filter((e) => e.event === "chunk").map((e) => JSON.parse(e.data).choices[0].delta.content), ["x"])
+    assert.strictEqual(JSON.parse(events[events.length - 1]!.data).status, "completed")
+  })
+})
+
+describe("publisher posts", () => {
+  it("a post for a task that has ended is 409 TaskNotHeld", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const created = await createTask(name)
+    const task = await publisher.nextTask()
+    assert.strictEqual(task.taskId, created.body.id)
+    const failed = await publisher.post(task.taskId, "error", { message: "upstream broke", status: 500, attempt: task.attempt })
+    assert.strictEqual(failed.status, 204)
+    for (const what of ["chunks", "result", "ack"] as const) {
+      const late = await publisher.post(task.taskId, what, { chunks: [chunk("late")], attempt: task.attempt })
+      assert.strictEqual(late.status, 409, what)
+      const body = (await late.json()) as { error: { type: string; code: string } }
+      assert.deepStrictEqual([body.error.type, body.error.code], ["TaskNotHeld", "task_not_held"], what)
+    }
+    publisher.disconnect()
+  })
+
+  it("a provider added by re-registering while the stream is open gets its tasks without waiting for a poll", async () => {
+    const first = unique("llm")
+    const added = unique("llm")
+    const publisher = await online([{ name: first }])
+    const again = await publisher.register([{ name: first }, { name: added }])
+    assert.strictEqual(again.status, 200)
+    const client = broker.openai(clientToken)
+    const answer = client.chat.completions.create({ model: added, messages: [{ role: "user", content: "hi" }] })
+    // the session's slow poll is 60 s; the task must come on the new row's signal
+    const task = await publisher.nextTask(5_000)
+    assert.strictEqual(task.llmName, added)
+    await publisher.post(task.taskId, "result", { body: completion("from the new row"), attempt: task.attempt })
+    assert.strictEqual((await answer).choices[0]!.message.content, "from the new row")
+    publisher.disconnect()
+  })
+})
+
+describe("roles and the SDK", () => {
+  it("a wrong role is 403 before the body is looked at", async () => {
+    const adminOnly = await call("/v1/tokens", { method: "POST", token: clientToken, raw: "{}" })
+    const publisherOnly = await call("/v1/publishers/sessions", { method: "POST", token: clientToken, raw: "{}" })
+    const clientOnly = await call("/v1/chat/completions", { method: "POST", token: publisherToken, raw: "{}" })
+    const llmsAdmin = await call("/v1/llms", { method: "POST", token: publisherToken, raw: "not json" })
+    for (const answer of [adminOnly, publisherOnly, clientOnly, llmsAdmin]) {
+      assert.strictEqual(answer.status, 403, JSON.stringify(answer.body))
+      assert.strictEqual(answer.body.error.type, "Forbidden")
+    }
+    assert.strictEqual((await call("/v1/llms", { token: publisherToken })).status, 200, "any role lists LLMs")
+    assert.strictEqual((await call("/v1/tokens", { method: "POST", token: broker.adminToken, raw: "{}" })).status, 400)
+  })
+
+  it("models.retrieve finds a model by name (slashes too); an unknown one is 404 ModelNotFound", async () => {
+    const name = `${unique("org")}/Model-7B`
+    await new RawPublisher(broker.url, publisherToken).register([{ name }])
+    const client = broker.openai(clientToken)
+    const model = await client.models.retrieve(name)
+    assert.strictEqual(model.id, name)
+    assert.strictEqual((model as unknown as { kind: string }).kind, "virtual")
+    const missing = await client.models.retrieve(unique("nope")).catch((e: unknown) => e)
+    assert.instanceOf(missing, OpenAI.NotFoundError)
+    assert.strictEqual((missing as InstanceType<typeof OpenAI.NotFoundError>).type, "ModelNotFound")
+  })
+
+  it("the SDK does not retry a relay Timeout on its own: one task, one cancel", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    // default retries (2): x-should-retry: false must stop them
+    const client = new OpenAI({ apiKey: clientToken, baseURL: `${broker.url}/v1`, maxRetries: 2 })
+    const failure = await client.chat.completions
+      .create({ model: name, messages: [{ role: "user", content: "slow" }] }, { headers: { "X-Relay-Timeout": "0.3" } })
+      .catch((e: unknown) => e)
+    assert.instanceOf(failure, OpenAI.APIError)
+    assert.strictEqual((failure as InstanceType<typeof OpenAI.APIError>).status, 504)
+    assert.strictEqual((failure as InstanceType<typeof OpenAI.APIError>).headers?.get("x-should-retry"), "false")
+    await publisher.next((f) => f.event === "cancel")
+    await new Promise((r) => setTimeout(r, 1_500)) // longer than the SDK's first backoff
+    assert.strictEqual(publisher.tasks().length, 1, "one task: the SDK did not send the call again")
+    publisher.disconnect()
+  })
+})
