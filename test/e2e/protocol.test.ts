@@ -7,6 +7,7 @@ import { Duration } from "effect"
 import OpenAI from "openai"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { startBroker, type TestBroker } from "../support/broker.js"
+import { startFakeUpstream } from "../support/fakeUpstream.js"
 import { chunk, completion, parseSse, RawPublisher, type SseEvent } from "../support/rawPublisher.js"
 
 let broker: TestBroker
@@ -204,5 +205,47 @@ describe("roles and the SDK", () => {
     await new Promise((r) => setTimeout(r, 1_500)) // longer than the SDK's first backoff
     assert.strictEqual(publisher.tasks().length, 1, "one task: the SDK did not send the call again")
     publisher.disconnect()
+  })
+})
+
+describe("public LLMs", () => {
+  it("are proxied by name and by a pool of only public rows, streamed or not; the API key never comes back", async () => {
+    const upstream = await startFakeUpstream({ chunks: 3 })
+    try {
+      const name = unique("public")
+      const pool = unique("public-pool")
+      const created = await call("/v1/llms", {
+        method: "POST",
+        token: broker.adminToken,
+        raw: JSON.stringify({ name, model: "upstream-model", url: upstream.baseUrl, apiKey: "sk-secret-upstream", pool })
+      })
+      assert.strictEqual(created.status, 201, JSON.stringify(created.body))
+      assert.strictEqual(created.body.kind, "public")
+      const listed = await call("/v1/llms", { token: clientToken })
+      assert.notInclude(JSON.stringify([created.body, listed.body]), "sk-secret-upstream")
+      const client = broker.openai(clientToken)
+      const byName = await client.chat.completions.create({ model: name, messages: [{ role: "user", content: "one" }] })
+      assert.strictEqual(byName.choices[0]!.message.content, "echo: one")
+      const byPool = await client.chat.completions.create({ model: pool, messages: [{ role: "user", content: "two" }] })
+      assert.strictEqual(byPool.choices[0]!.message.content, "echo: two")
+      const stream = await client.chat.completions.create({ model: pool, messages: [{ role: "user", content: "three" }], stream: true })
+      let text = ""
+      for await (const part of stream) text += part.choices[0]?.delta?.content ?? ""
+      assert.strictEqual(text, "echo: three")
+      assert.deepStrictEqual(upstream.received.map((r) => [r.path, r.body.model]), [
+        ["/v1/chat/completions", "upstream-model"],
+        ["/v1/chat/completions", "upstream-model"],
+        ["/v1/chat/completions", "upstream-model"]
+      ])
+      const queued = await createTask(name)
+      assert.strictEqual(queued.status, 400, "a public LLM has no publisher to queue for")
+      assert.strictEqual(queued.body.error.type, "NotVirtual")
+      const deleted = await fetch(`${broker.url}/v1/llms/${name}`, { method: "DELETE", headers: { authorization: `Bearer ${broker.adminToken}` } })
+      assert.strictEqual(deleted.status, 204)
+      const gone = await client.chat.completions.create({ model: name, messages: [] }).catch((e: unknown) => e)
+      assert.strictEqual((gone as InstanceType<typeof OpenAI.APIError>).status, 404)
+    } finally {
+      await upstream.close()
+    }
   })
 })

@@ -183,8 +183,15 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
         const rows = yield* registry.resolve(model)
         if (rows.length === 0) return yield* new ModelNotFound({ message: `the model '${model}' does not exist` })
         const named = rows.find((row) => row.name === model)
-        if (named !== undefined && named.kind === "public") {
-          const row = yield* registry.findRow(model)
+        // A public LLM is proxied: named, or a pool with no virtual member
+        // (its first active public member; a pool with virtual members queues)
+        const publicTarget = named !== undefined
+          ? (named.kind === "public" ? named : undefined)
+          : rows.some((row) => row.kind === "virtual")
+          ? undefined
+          : rows.find((row) => row.kind === "public" && row.status === "active")
+        if (publicTarget !== undefined) {
+          const row = yield* registry.findRow(publicTarget.name)
           if (Option.isSome(row)) return yield* proxyPublic(row.value, path, payload, request)
         }
         return yield* relayVirtual(principal, path, payload, request, rows)
