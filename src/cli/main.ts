@@ -17,7 +17,14 @@ const cli = Command.run(root, { name: "llm-relay", version: "0.1.0" })
 // Effect.fn call) would only cost CPU on the hot path: about 12% of the
 // broker's CPU per request at concurrency 64 in the bench (A/B, two runs each). Programs that embed the Layers keep
 // their own tracer.
-cli(process.argv).pipe(
+/**
+ * `--provider=name=…` as two words: @effect/cli reads `--flag=value` for
+ * single options but not for the repeated `--provider`.
+ */
+export const normalizeArgv = (argv: ReadonlyArray<string>): Array<string> =>
+  argv.flatMap((arg) => (arg.startsWith("--provider=") ? ["--provider", arg.slice("--provider=".length)] : [arg]))
+
+cli(normalizeArgv(process.argv)).pipe(
   Effect.withTracerEnabled(false),
   Effect.provide(NodeContext.layer),
   NodeRuntime.runMain({ disableErrorReporting: false })

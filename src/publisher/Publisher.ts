@@ -113,7 +113,8 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
     const http = yield* HttpClient.HttpClient
     const server = options.server.replace(/\/+$/, "")
     const drainTimeout = options.drainTimeout ?? Duration.seconds(30)
-    const maxBackoff = Duration.toMillis(options.maxBackoff ?? Duration.seconds(30))
+    // short enough that a restarted broker has its models back within seconds
+    const maxBackoff = Duration.toMillis(options.maxBackoff ?? Duration.seconds(5))
     const ackAfter = options.ackAfter ?? Duration.seconds(2)
     const providers = new Map(options.providers.map((p) => [p.name, p] as const))
     const permits = new Map<string, Effect.Semaphore>()
@@ -182,6 +183,10 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
           status: 502,
           message: `the upstream ${url} is unreachable: ${e.message}`
         })
+        const notJson = (status: number, text: string) => ({
+          status: 502,
+          message: `the upstream ${url} answered ${status} with a body that is not JSON: ${JSON.stringify(text.slice(0, 200))}`
+        })
         const response = yield* Effect.either(http.execute(request))
         if (response._tag === "Left") {
           yield* post(sessionId, frame, "error", unreachable(response.left))
@@ -200,7 +205,27 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
             return "error 502"
           }
           const parsed = parseJson(text.right)
-          yield* post(sessionId, frame, "result", parsed === undefined ? { status: res.status } : { status: res.status, body: parsed })
+          if (parsed === undefined) {
+            // an OpenAI-compatible answer is JSON; anything else must not pass for a success
+            yield* post(sessionId, frame, "error", notJson(res.status, text.right))
+            return "error 502"
+          }
+          yield* post(sessionId, frame, "result", { status: res.status, body: parsed })
+          return `completed ${res.status}`
+        }
+        if (!(res.headers["content-type"] ?? "").includes("text/event-stream")) {
+          // asked to stream, the upstream answered whole: pass its JSON on as the result
+          const text = yield* Effect.either(res.text)
+          if (text._tag === "Left") {
+            yield* post(sessionId, frame, "error", unreachable(text.left))
+            return "error 502"
+          }
+          const parsed = parseJson(text.right)
+          if (parsed === undefined) {
+            yield* post(sessionId, frame, "error", notJson(res.status, text.right))
+            return "error 502"
+          }
+          yield* post(sessionId, frame, "result", { status: res.status, body: parsed })
           return `completed ${res.status}`
         }
         // Streaming: a reader queues the upstream's chunks; a poster sends
@@ -391,10 +416,13 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
         yield* Ref.set(draining, true)
         const inFlight = yield* FiberMap.size(tasks)
         if (inFlight > 0) yield* Effect.logInfo(`stopping: waiting for ${inFlight} task(s) in flight`)
-        yield* FiberMap.awaitEmpty(tasks).pipe(Effect.timeout(drainTimeout), Effect.ignore)
+        // finalizers run uninterruptibly: without `interruptible` the timeout
+        // could not cut the wait short, and a hung upstream held the exit
+        yield* FiberMap.awaitEmpty(tasks).pipe(Effect.interruptible, Effect.timeout(drainTimeout), Effect.ignore)
         const sessionId = yield* Ref.get(sessionRef)
         if (Option.isSome(sessionId)) {
           yield* call("DELETE", `/v1/publishers/sessions/${sessionId.value}`).pipe(
+            Effect.interruptible,
             Effect.timeout(Duration.seconds(5)),
             Effect.tap(() => Effect.logInfo(`goodbye: session ${sessionId.value} closed`)),
             Effect.ignore

@@ -16,11 +16,13 @@ import { Exit, Scope } from "effect"
 let broker: TestBroker
 let client: OpenAI
 let publisherToken: string
+let clientToken: string
 const cleanups: Array<() => Promise<unknown> | unknown> = []
 
 beforeAll(async () => {
   broker = await startBroker()
-  client = broker.openai(await broker.token("client"))
+  clientToken = await broker.token("client")
+  client = broker.openai(clientToken)
   publisherToken = await broker.token("publisher")
 })
 afterEach(async () => {
@@ -172,6 +174,55 @@ describe("llm-relay publish", () => {
     assert.match(p.output, /goodbye/)
     const row = (await llms()).find((l) => l.name === name)
     assert.strictEqual(row?.status, "inactive")
+  })
+
+  it("SIGTERM with a task stuck past --drain-timeout: the wait is cut short, the upstream call aborted, goodbye said", async () => {
+    const fake = await upstream({ delayMs: 120_000 })
+    const name = unique("stuck")
+    const p = await publish([`name=${name},upstream=${fake.baseUrl},model=m`], broker.url, ["--drain-timeout", "1"])
+    const leave = new AbortController()
+    const answer = client.chat.completions
+      .create({ model: name, messages: [{ role: "user", content: "never answered" }] }, { signal: leave.signal })
+      .catch((e: unknown) => e)
+    await waitUntil(() => fake.received.length === 1, "the task to reach the upstream")
+    p.child.kill("SIGTERM")
+    // the upstream would answer in 2 minutes; the drain limit is 1 s
+    assert.strictEqual(await p.exited, 0)
+    assert.match(p.output, /goodbye/)
+    await waitUntil(() => fake.received[0]!.aborted, "the upstream request to be aborted")
+    assert.strictEqual((await llms()).find((l) => l.name === name)?.status, "inactive")
+    // back in the queue at goodbye, with nobody left to serve it: the client gives up
+    leave.abort()
+    assert.instanceOf(await answer, OpenAI.APIUserAbortError)
+    const newest = async () => {
+      const response = await fetch(`${broker.url}/v1/tasks?limit=1`, { headers: { authorization: `Bearer ${clientToken}` } })
+      return ((await response.json()) as { data: Array<{ status: string }> }).data[0]?.status
+    }
+    await waitUntil(async () => (await newest()) === "cancelled", "the abandoned task to be cancelled")
+  })
+
+  it("an upstream 200 that is not JSON is a 502 UpstreamError, not an empty success; --provider=… works too", async () => {
+    const fake = await upstream({ plainText: "<html>proxy login</html>" })
+    const name = unique("plain")
+    await publish([], broker.url, [`--provider=name=${name},upstream=${fake.baseUrl},model=m`])
+    const failure = await ask(name, "hi").catch((e: unknown) => e)
+    assert.instanceOf(failure, OpenAI.APIError)
+    assert.strictEqual((failure as InstanceType<typeof OpenAI.APIError>).status, 502)
+    assert.match(String((failure as Error).message), /not JSON/)
+  })
+
+  it("asked to stream, an upstream that answers whole JSON: the client gets that JSON", async () => {
+    const fake = await upstream({ neverStream: true })
+    const name = unique("whole")
+    await publish([`name=${name},upstream=${fake.baseUrl},model=m`])
+    const response = await fetch(`${broker.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${clientToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: name, stream: true, messages: [{ role: "user", content: "whole" }] })
+    })
+    assert.strictEqual(response.status, 200)
+    const body = (await response.json()) as { choices: Array<{ message: { content: string } }> }
+    assert.strictEqual(body.choices[0]!.message.content, "echo: whole")
   })
 
   it("bad --provider strings exit 2 naming the bad part, before connecting", async () => {

@@ -16,6 +16,10 @@ export interface FakeSettings {
   chunkDelayMs: number
   /** Answer with this error status instead. */
   failStatus?: number | undefined
+  /** Answer 200 with this text (not JSON) instead. */
+  plainText?: string | undefined
+  /** Answer whole JSON even when asked to stream. */
+  neverStream?: boolean | undefined
 }
 
 export interface Received {
@@ -84,7 +88,13 @@ export const startFakeUpstream = async (initial: Partial<FakeSettings> = {}): Pr
         res.end(JSON.stringify({ error: { message: `upstream says no (${settings.failStatus})`, type: "fake_error" } }))
         return
       }
-      if (body.stream !== true) {
+      if (settings.plainText !== undefined) {
+        res.writeHead(200, { "content-type": "text/plain" })
+        record.finished = true
+        res.end(settings.plainText)
+        return
+      }
+      if (body.stream !== true || settings.neverStream === true) {
         res.writeHead(200, { "content-type": "application/json" })
         record.finished = true
         res.end(JSON.stringify({
