@@ -47,6 +47,8 @@ export const serveLayer = (options: { readonly host: string; readonly port: numb
     Layer.orDie
   )
 
-export const serve = Command.make("serve", { host, port }, (options) => Layer.launch(serveLayer(options))).pipe(
+export const serve = Command.make("serve", { host, port }, (options) =>
+  // a bad RELAY_ADMIN_TOKEN stops the start before the database is touched
+  Effect.zipRight(AdminTokenConfig, Layer.launch(serveLayer(options)))).pipe(
   Command.withDescription("run the broker (HTTP API, task queue, sweeper)")
 )

@@ -38,6 +38,17 @@ describe("llm-relay serve", () => {
     assert.strictEqual(await serve.exited, 0)
   })
 
+  it("a RELAY_ADMIN_TOKEN under 32 characters stops the start, naming it, before the database is touched", async () => {
+    const fresh = await Effect.runPromise(Scope.extend(createDatabase, scope))
+    const serve = spawnRelay(["serve", "--port", String(await Effect.runPromise(freePort))], {
+      DATABASE_URL: fresh.url,
+      RELAY_ADMIN_TOKEN: "too-short"
+    })
+    assert.notStrictEqual(await serve.exited, 0)
+    assert.match(serve.output, /RELAY_ADMIN_TOKEN must be at least 32 characters/)
+    assert.notMatch(serve.output, /migrations applied/)
+  })
+
   it("migrate applies migrations and exits 0; a second run says it is up to date", async () => {
     const first = spawnRelay(["migrate"], { DATABASE_URL: databaseUrl })
     assert.strictEqual(await first.exited, 0)
