@@ -147,6 +147,20 @@ describe("publisher posts", () => {
     publisher.disconnect()
   })
 
+  it("a non-streaming task finished without a body is a 502 UpstreamError for the client, not an empty 200", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const client = broker.openai(clientToken)
+    const answer = client.chat.completions.create({ model: name, messages: [{ role: "user", content: "hi" }] }).catch((e: unknown) => e)
+    const task = await publisher.nextTask()
+    assert.strictEqual((await publisher.post(task.taskId, "result", { attempt: task.attempt })).status, 204)
+    const failure = await answer
+    assert.instanceOf(failure, OpenAI.APIError)
+    assert.strictEqual((failure as InstanceType<typeof OpenAI.APIError>).status, 502)
+    assert.strictEqual((failure as InstanceType<typeof OpenAI.APIError>).type, "UpstreamError")
+    publisher.disconnect()
+  })
+
   it("a provider added by re-registering while the stream is open gets its tasks without waiting for a poll", async () => {
     const first = unique("llm")
     const added = unique("llm")

@@ -31,10 +31,16 @@ const secondsHeader = (request: HttpServerRequest.HttpServerRequest, name: strin
     : Effect.fail(new BadRequest({ message: `${name} must be a number of seconds from 0 to 86400, got '${raw}'` }))
 }
 
-/** The whole answer of a finished non-streaming task: its status and body, as they came. */
+/**
+ * The whole answer of a finished non-streaming task: its status and body, as
+ * they came. A result with no body has nothing an SDK could read: that is the
+ * publisher's failure, a 502 saying so, not an empty success.
+ */
 const taskResponse = (task: Task, headers: Record<string, string>) =>
   task.responseBody === null
-    ? HttpServerResponse.empty({ status: task.responseStatus ?? 200, headers })
+    ? errorResponse(502, "UpstreamError", `the publisher finished task '${task.id}' without a body`).pipe(
+      HttpServerResponse.setHeaders(headers)
+    )
     : HttpServerResponse.unsafeJson(task.responseBody, { status: task.responseStatus ?? 200, headers })
 
 const failureResponse = (error: unknown, headers: Record<string, string>) =>
