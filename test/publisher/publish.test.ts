@@ -91,6 +91,23 @@ describe("llm-relay publish", () => {
     assert.strictEqual(await askStreaming(name, "a streamed answer"), "echo: a streamed answer")
   })
 
+  it("relays /v1/completions and /v1/embeddings too (the SDK's completions.create and embeddings.create)", async () => {
+    const fake = await upstream()
+    const name = unique("multi")
+    await publish([`name=${name},upstream=${fake.baseUrl},model=upstream-m`])
+    const text = await client.completions.create({ model: name, prompt: "finish this" })
+    assert.strictEqual(text.choices[0]!.text, "echo: finish this")
+    const floats = await client.embeddings.create({ model: name, input: ["abc", "hello"], encoding_format: "float" })
+    assert.deepStrictEqual(floats.data.map((d) => d.embedding), [[3, 0.5], [5, 0.5]])
+    const decoded = await client.embeddings.create({ model: name, input: "four" }) // the SDK asks for base64 and decodes it
+    assert.deepStrictEqual(Array.from(decoded.data[0]!.embedding), [4, 0.5])
+    assert.deepStrictEqual(fake.received.map((r) => [r.path, r.body.model]), [
+      ["/v1/completions", "upstream-m"],
+      ["/v1/embeddings", "upstream-m"],
+      ["/v1/embeddings", "upstream-m"]
+    ])
+  })
+
   it("50 concurrent calls across 2 providers all answer right, never above each provider's maxConcurrent upstream", async () => {
     const [a, b] = [await upstream({ delayMs: 40 }), await upstream({ delayMs: 40, chunks: 4 })]
     const [nameA, nameB] = [unique("a"), unique("b")]

@@ -94,6 +94,39 @@ export const startFakeUpstream = async (initial: Partial<FakeSettings> = {}): Pr
         res.end(settings.plainText)
         return
       }
+      if (record.path.endsWith("/embeddings")) {
+        // one 2-dimensional vector per input: [length of the input, 0.5]
+        const inputs = Array.isArray(body.input) ? body.input : [body.input]
+        const vectors = inputs.map((input) => [String(input).length, 0.5])
+        res.writeHead(200, { "content-type": "application/json" })
+        record.finished = true
+        res.end(JSON.stringify({
+          object: "list",
+          model,
+          data: vectors.map((vector, index) => ({
+            object: "embedding",
+            index,
+            embedding: body.encoding_format === "base64"
+              ? Buffer.from(new Float32Array(vector).buffer).toString("base64")
+              : vector
+          })),
+          usage: { prompt_tokens: 1, total_tokens: 1 }
+        }))
+        return
+      }
+      if (record.path.endsWith("/v1/completions") && !record.path.endsWith("/chat/completions")) {
+        res.writeHead(200, { "content-type": "application/json" })
+        record.finished = true
+        res.end(JSON.stringify({
+          id: "cmpl-fake",
+          object: "text_completion",
+          created: 1700000000,
+          model,
+          choices: [{ index: 0, text: `echo: ${content}`, finish_reason: "stop", logprobs: null }],
+          usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }
+        }))
+        return
+      }
       if (body.stream !== true || settings.neverStream === true) {
         res.writeHead(200, { "content-type": "application/json" })
         record.finished = true
