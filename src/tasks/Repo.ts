@@ -154,6 +154,14 @@ export const make = Effect.gen(function* () {
       LIMIT ${filter.limit}`)
   }
 
+  /** Pending tasks of these pools in the order a claim takes them (read only). */
+  const findPendingForPools = (pools: ReadonlyArray<string>, limit: number) =>
+    rows(sql`
+      SELECT * FROM inference_tasks
+      WHERE status = 'pending' AND pool = ANY(${pools})
+      ORDER BY priority DESC, created_at, seq
+      LIMIT ${limit}`)
+
   /**
    * One round trip per claim: the free capacity of each active row of the
    * session (its `maxConcurrent` minus the tasks it holds for it), and for
@@ -369,6 +377,7 @@ export const make = Effect.gen(function* () {
     insert,
     find,
     list,
+    findPendingForPools,
     claimFor,
     ack,
     appendChunks,

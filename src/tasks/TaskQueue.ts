@@ -187,6 +187,13 @@ export const make = Effect.gen(function* () {
 
   const get = (id: string) => Effect.map(repo.find(id), Option.map(taskFromRow))
 
+  /**
+   * What a session serving `pools` would drain on bind, in claim order
+   * (priority, then age); reads only — the claim itself takes them.
+   */
+  const findPendingForPools = (pools: ReadonlyArray<string>, limit = 1000) =>
+    Effect.map(repo.findPendingForPools(pools, limit), (rows) => rows.map(taskFromRow))
+
   const list = Effect.fn("TaskQueue.list")(function* (request: ListRequest) {
     let after: { createdAt: Date; id: string } | undefined
     if (request.cursor !== undefined) {
@@ -470,6 +477,7 @@ export const make = Effect.gen(function* () {
     route,
     enqueue,
     get,
+    findPendingForPools,
     list,
     submit,
     claim,

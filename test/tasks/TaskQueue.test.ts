@@ -70,6 +70,29 @@ describe("seed 003: the task row", () => {
       assert.deepStrictEqual(frames.map((f) => f.taskId), [urgent.id, t1.id, t2.id, t3.id])
     }).pipe(Effect.provide(QueueTest)))
 
+  it.effect("findPendingForPools lists what a bind would drain, in claim order, and takes nothing", () =>
+    Effect.gen(function* () {
+      const queue = yield* TaskQueue
+      yield* serve("session-a", [{ name: "a-1", pool: "pool-a" }, { name: "a-2", pool: "pool-a" }])
+      yield* serve("session-b", [{ name: "b-1", pool: "pool-b" }])
+      yield* serve("session-c", [{ name: "c-1", pool: "pool-c" }])
+      const t1 = yield* enqueue("pool-a")
+      yield* TestClock.adjust("5 millis")
+      const t2 = yield* enqueue("pool-a")
+      yield* TestClock.adjust("5 millis")
+      const t3 = yield* enqueue("pool-b")
+      yield* enqueue("pool-c") // another pool: out
+      const done = yield* enqueue("pool-a")
+      yield* queue.cancel(done.id, "no longer pending: out")
+      const urgent = yield* enqueue("pool-b", { priority: 3 })
+      const drained = yield* queue.findPendingForPools(["pool-a", "pool-b"])
+      assert.deepStrictEqual(drained.map((t) => t.id), [urgent.id, t1.id, t2.id, t3.id])
+      assert.deepStrictEqual(drained.map((t) => t.pool), ["pool-b", "pool-a", "pool-a", "pool-b"])
+      assert.isTrue(drained.every((t) => t.status === "pending"))
+      assert.deepStrictEqual((yield* queue.findPendingForPools(["pool-a", "pool-b"], 2)).map((t) => t.id), [urgent.id, t1.id])
+      assert.strictEqual((yield* row(t1.id))!.status, "pending", "reading takes nothing")
+    }).pipe(Effect.provide(QueueTest)))
+
   it.effect("revertHeldBy touches only that session's claimed and running tasks, never terminal ones", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
