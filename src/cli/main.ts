@@ -1,5 +1,5 @@
 /** The `llm-relay` command line: serve | publish | migrate. */
-import { Command } from "@effect/cli"
+import { Command, ValidationError } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
 import { publish } from "../publisher/Command.js"
@@ -25,6 +25,11 @@ export const normalizeArgv = (argv: ReadonlyArray<string>): Array<string> =>
   argv.flatMap((arg) => (arg.startsWith("--provider=") ? ["--provider", arg.slice("--provider=".length)] : [arg]))
 
 cli(normalizeArgv(process.argv)).pipe(
+  // a usage mistake (unknown flag or subcommand, bad value): @effect/cli has
+  // printed what is wrong; exit 2 as for the publisher's own usage errors
+  Effect.catchIf(ValidationError.isValidationError, () => Effect.sync(() => {
+    process.exitCode = 2
+  })),
   Effect.withTracerEnabled(false),
   Effect.provide(NodeContext.layer),
   NodeRuntime.runMain({ disableErrorReporting: false })

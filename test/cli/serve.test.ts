@@ -49,6 +49,20 @@ describe("llm-relay serve", () => {
     assert.notMatch(serve.output, /migrations applied/)
   })
 
+  it("usage mistakes (bad value, unknown subcommand or flag) exit 2 with a readable message, no error dump", async () => {
+    const cases: ReadonlyArray<[ReadonlyArray<string>, RegExp]> = [
+      [["serve", "--port", "abc"], /'abc' is not a integer/],
+      [["bogus"], /Invalid subcommand/],
+      [["migrate", "--bogus-flag"], /unknown argument: '--bogus-flag'/]
+    ]
+    for (const [args, message] of cases) {
+      const run = spawnRelay([...args], { DATABASE_URL: databaseUrl })
+      assert.strictEqual(await run.exited, 2, args.join(" "))
+      assert.match(run.output, message)
+      assert.notInclude(run.output, `"_tag"`)
+    }
+  })
+
   it("migrate applies migrations and exits 0; a second run says it is up to date", async () => {
     const first = spawnRelay(["migrate"], { DATABASE_URL: databaseUrl })
     assert.strictEqual(await first.exited, 0)
