@@ -398,6 +398,8 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
           })
         )
         if (result._tag === "Left" && result.left._tag === "PublisherFatal") return yield* result.left
+        // stopping: the goodbye closed the stream; nothing to reconnect to
+        if (yield* Ref.get(draining)) return yield* Effect.never
         const reason = result._tag === "Left" && result.left._tag === "Disconnected" ? result.left.reason : "connection ended"
         const jitter = yield* Random.nextRange(0.5, 1)
         const wait = Math.round(Math.min(backoff, maxBackoff) * jitter)

@@ -189,6 +189,7 @@ describe("llm-relay publish", () => {
     assert.strictEqual(result.choices[0]!.message.content, "echo: finish me")
     assert.strictEqual(await p.exited, 0)
     assert.match(p.output, /goodbye/)
+    assert.notMatch(p.output, /reconnecting/, "a goodbye is not a lost connection")
     const row = (await llms()).find((l) => l.name === name)
     assert.strictEqual(row?.status, "inactive")
   })
