@@ -2,7 +2,7 @@
  * Bearer-token authentication (an HttpApi security middleware providing the
  * `CurrentPrincipal`), and the role checks handlers apply.
  */
-import { HttpApiMiddleware, HttpApiSecurity, HttpServerRequest } from "@effect/platform"
+import { HttpApiMiddleware, HttpApiSecurity, HttpRouter } from "@effect/platform"
 import { Context, Effect, Layer, Option, Redacted, Schema } from "effect"
 import { Forbidden, Unauthorized } from "../domain/Errors.js"
 import type { Principal, Role } from "../domain/Token.js"
@@ -33,8 +33,8 @@ export const AuthorizationLive = Layer.effect(
           }
           // the role is checked here, before the body is read: a wrong role
           // is a 403 whatever the body holds
-          const request = yield* HttpServerRequest.HttpServerRequest
-          const roles = routeRoles(request.method, request.url)
+          const { route } = yield* HttpRouter.RouteContext
+          const roles = routeRoles(route.method, route.path)
           if (roles !== undefined) yield* checkRole(principal.value, roles)
           return principal.value
         })
@@ -43,11 +43,12 @@ export const AuthorizationLive = Layer.effect(
 )
 
 /**
- * The roles a route needs besides admin (PROTOCOL.md's roles), from its
- * method and path; undefined: any role.
+ * The roles a route needs besides admin (PROTOCOL.md's roles), from the
+ * matched route's method and path pattern (not the raw URL, which the router
+ * normalises); undefined: any role.
  */
-export const routeRoles = (method: string, url: string): ReadonlyArray<Role> | undefined => {
-  const path = url.split("?")[0]!
+export const routeRoles = (method: string, pattern: string): ReadonlyArray<Role> | undefined => {
+  const path = pattern.replace(/^.*?(?=\/v1\/)/, "") // a host app may mount the API under a prefix
   const under = (prefix: string) => path === prefix || path.startsWith(`${prefix}/`)
   if (under("/v1/publishers")) return ["publisher"]
   if (under("/v1/tokens")) return []

@@ -2,7 +2,7 @@
  * The broker's HTTP server: the RelayApi with its handlers, the error and
  * body-limit middleware, OpenAPI at /openapi.json and docs at /docs.
  */
-import { HttpApiBuilder, HttpApiScalar, HttpIncomingMessage, HttpMiddleware, HttpServer, HttpServerRequest } from "@effect/platform"
+import { HttpApiBuilder, HttpApiScalar, HttpIncomingMessage, HttpMiddleware, HttpRouter, HttpServer, HttpServerRequest } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Option } from "effect"
 import { createServer } from "node:http"
@@ -44,6 +44,9 @@ export const ApiLive = HttpApiBuilder.api(RelayApi).pipe(
 /** Serve the API (plus /openapi.json and /docs) on whatever HttpServer is provided. */
 export const HttpLive = HttpApiBuilder.serve(HttpMiddleware.withLoggerDisabled).pipe(
   Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
+  // path parameters hold names and session ids of up to 128 characters (the
+  // router's default cut-off is 100), percent-encoded they may be longer
+  Layer.provide(HttpRouter.setRouterConfig({ maxParamLength: 512 })),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(errors),
   Layer.provide(bodyLimit),

@@ -130,6 +130,18 @@ describe("async tasks", () => {
 })
 
 describe("publisher posts", () => {
+  it("a 128-character session id works on every session route", async () => {
+    const sessionId = `${unique("s")}-`.padEnd(128, "s")
+    const publisher = new RawPublisher(broker.url, publisherToken)
+    const registered = await publisher.register([{ name: unique("llm") }], sessionId)
+    assert.strictEqual(registered.status, 200, await registered.clone().text())
+    const beat = await publisher.request("POST", `/v1/publishers/sessions/${sessionId}/heartbeat`)
+    assert.strictEqual(beat.status, 200, await beat.clone().text())
+    await publisher.connect()
+    const bye = await publisher.request("DELETE", `/v1/publishers/sessions/${sessionId}`)
+    assert.strictEqual(bye.status, 204)
+  })
+
   it("a post for a task that has ended is 409 TaskNotHeld", async () => {
     const name = unique("llm")
     const publisher = await online([{ name }])
@@ -189,15 +201,22 @@ describe("roles and the SDK", () => {
       assert.strictEqual(answer.body.error.type, "Forbidden")
     }
     assert.strictEqual((await call("/v1/llms", { token: publisherToken })).status, 200, "any role lists LLMs")
+    assert.strictEqual((await call("/v1/llms", { method: "HEAD", token: clientToken })).status, 200, "HEAD as GET")
+    // the role follows the route the router matched, however the path is spelled
+    const spelled = await call("//v1/%74okens", { method: "POST", token: clientToken, raw: "{}" })
+    assert.strictEqual(spelled.status, 403, JSON.stringify(spelled.body))
     assert.strictEqual((await call("/v1/tokens", { method: "POST", token: broker.adminToken, raw: "{}" })).status, 400)
   })
 
-  it("models.retrieve finds a model by name (slashes too); an unknown one is 404 ModelNotFound", async () => {
+  it("models.retrieve finds a model by name (slashes too, 128 characters too); an unknown one is 404 ModelNotFound", async () => {
     const name = `${unique("org")}/Model-7B`
-    await new RawPublisher(broker.url, publisherToken).register([{ name }])
+    const long = `${unique("long")}-`.padEnd(128, "x")
+    const publisher = new RawPublisher(broker.url, publisherToken)
+    await publisher.register([{ name }, { name: long }])
     const client = broker.openai(clientToken)
     const model = await client.models.retrieve(name)
     assert.strictEqual(model.id, name)
+    assert.strictEqual((await client.models.retrieve(long)).id, long)
     assert.strictEqual((model as unknown as { kind: string }).kind, "virtual")
     const missing = await client.models.retrieve(unique("nope")).catch((e: unknown) => e)
     assert.instanceOf(missing, OpenAI.NotFoundError)
@@ -215,8 +234,8 @@ describe("roles and the SDK", () => {
     assert.instanceOf(failure, OpenAI.APIError)
     assert.strictEqual((failure as InstanceType<typeof OpenAI.APIError>).status, 504)
     assert.strictEqual((failure as InstanceType<typeof OpenAI.APIError>).headers?.get("x-should-retry"), "false")
+    // the SDK's promise settles only after any retries it makes
     await publisher.next((f) => f.event === "cancel")
-    await new Promise((r) => setTimeout(r, 1_500)) // longer than the SDK's first backoff
     assert.strictEqual(publisher.tasks().length, 1, "one task: the SDK did not send the call again")
     publisher.disconnect()
   })
