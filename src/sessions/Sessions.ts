@@ -67,8 +67,15 @@ export const make = Effect.gen(function* () {
             case "Freed":
               return Queue.offer(wake, undefined)
             case "Rows":
-              // re-registered while open: new rows may serve new pools with work waiting
-              return Effect.zipRight(Effect.flatMap(registry.llmsOfSession(sessionId), follow), lookAgain)
+              // re-registered while open: new rows may serve new pools with work
+              // waiting. A failed read must not end this listener (cancel frames
+              // travel through it): the slow poll still finds the work.
+              return Effect.zipRight(
+                Effect.flatMap(registry.llmsOfSession(sessionId), follow).pipe(
+                  Effect.catchAllCause((cause) => Effect.logWarning(`session ${sessionId}: could not re-read its rows`, cause))
+                ),
+                lookAgain
+              )
           }
         })))
         while (true) {
