@@ -100,6 +100,28 @@ const errorMessageOf = (body: unknown, fallback: string): string => {
   return fallback
 }
 
+/**
+ * A whole chat or text completion as the one stream chunk that carries all of
+ * it (what the upstream would have streamed, in one piece); undefined for
+ * anything else.
+ */
+const wholeAsChunk = (body: unknown): Record<string, unknown> | undefined => {
+  if (typeof body !== "object" || body === null) return undefined
+  const whole = body as { object?: unknown; choices?: unknown }
+  if (!Array.isArray(whole.choices)) return undefined
+  type Choice = { index?: number; message?: Record<string, unknown>; text?: string; finish_reason?: unknown; logprobs?: unknown }
+  const choices = whole.choices as Array<Choice>
+  if (whole.object === "chat.completion") {
+    return {
+      ...whole,
+      object: "chat.completion.chunk",
+      choices: choices.map((c, i) => ({ index: c.index ?? i, delta: c.message ?? {}, finish_reason: c.finish_reason ?? null }))
+    }
+  }
+  if (whole.object === "text_completion") return { ...whole }
+  return undefined
+}
+
 const parseJson = (text: string): unknown => {
   try {
     return JSON.parse(text)
@@ -213,8 +235,9 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
           yield* post(sessionId, frame, "result", { status: res.status, body: parsed })
           return `completed ${res.status}`
         }
-        if (!(res.headers["content-type"] ?? "").includes("text/event-stream")) {
-          // asked to stream, the upstream answered whole: pass its JSON on as the result
+        if ((res.headers["content-type"] ?? "").toLowerCase().includes("application/json")) {
+          // asked to stream, the upstream answered whole: one chunk holding the
+          // whole answer, so a streaming client still reads a stream
           const text = yield* Effect.either(res.text)
           if (text._tag === "Left") {
             yield* post(sessionId, frame, "error", unreachable(text.left))
@@ -225,7 +248,13 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
             yield* post(sessionId, frame, "error", notJson(res.status, text.right))
             return "error 502"
           }
-          yield* post(sessionId, frame, "result", { status: res.status, body: parsed })
+          const single = wholeAsChunk(parsed)
+          if (single === undefined) {
+            yield* post(sessionId, frame, "result", { status: res.status, body: parsed })
+          } else {
+            yield* post(sessionId, frame, "chunks", { chunks: [JSON.stringify(single)] })
+            yield* post(sessionId, frame, "result", { status: res.status })
+          }
           return `completed ${res.status}`
         }
         // Streaming: a reader queues the upstream's chunks; a poster sends
