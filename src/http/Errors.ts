@@ -119,11 +119,6 @@ export const toWire = (error: unknown): Option.Option<{ status: number; type: st
         return Option.none()
     }
   }
-  if (error instanceof TaskErrors.TaskAlreadyTerminal) {
-    // The queue tells "ended" from "someone else's"; on the wire both are
-    // PROTOCOL's 409 TaskNotHeld (the session holds the task no more).
-    return Option.some({ status: 409, type: "TaskNotHeld", message: error.message })
-  }
   if (hasTagAndMessage(error) && error._tag in statusByTag) {
     return Option.some({ status: statusByTag[error._tag]!, type: error._tag, message: error.message })
   }

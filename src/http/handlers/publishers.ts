@@ -5,6 +5,7 @@ import { Forbidden } from "../../domain/Errors.js"
 import type { Frame } from "../../domain/Frames.js"
 import { SessionNotFound } from "../../domain/Llm.js"
 import { Registry } from "../../registry/Registry.js"
+import { TaskAlreadyTerminal, TaskNotHeld } from "../../domain/Task.js"
 import { Sessions } from "../../sessions/Sessions.js"
 import { Signals } from "../../signals/Signals.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
@@ -50,6 +51,17 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
         }
       })
 
+    /**
+     * The queue tells "ended" (TaskAlreadyTerminal) from "someone else's"; on
+     * the wire both are PROTOCOL's 409 TaskNotHeld: the session holds the task no more.
+     */
+    const notHeld = <A, E, R>(post: Effect.Effect<A, E | TaskAlreadyTerminal, R>) =>
+      Effect.catchIf(
+        post,
+        (e): e is TaskAlreadyTerminal => e instanceof TaskAlreadyTerminal,
+        (e) => Effect.fail(new TaskNotHeld({ message: e.message }))
+      )
+
     return handlers
       .handle("register", ({ payload }) =>
         Effect.flatMap(requireRole("publisher"), (principal) => registry.register(principal.id, payload)).pipe(
@@ -81,33 +93,33 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
         }))
       .handle("goodbye", ({ path }) => Effect.zipRight(ownSession(path.sessionId), sessions.close(path.sessionId)))
       .handle("ack", ({ path, payload }) =>
-        Effect.zipRight(ownSession(path.sessionId), queue.ack(path.sessionId, path.taskId, payload?.attempt)))
+        Effect.zipRight(ownSession(path.sessionId), notHeld(queue.ack(path.sessionId, path.taskId, payload?.attempt))))
       .handle("chunks", ({ path, payload }) =>
         Effect.zipRight(
           ownSession(path.sessionId),
-          queue.appendChunks(path.sessionId, path.taskId, payload.chunks, payload.attempt)
+          notHeld(queue.appendChunks(path.sessionId, path.taskId, payload.chunks, payload.attempt))
         ))
       .handle("result", ({ path, payload }) =>
         Effect.zipRight(
           ownSession(path.sessionId),
           // an empty body is a bare 200 (a streamed task's end)
-          queue.complete(
+          notHeld(queue.complete(
             path.sessionId,
             path.taskId,
             payload?.body === undefined ? { status: payload?.status ?? 200 } : { status: payload.status, body: payload.body },
             payload?.attempt
-          )
+          ))
         ))
       .handle("error", ({ path, payload }) =>
         Effect.zipRight(
           ownSession(path.sessionId),
-          queue.fail(
+          notHeld(queue.fail(
             path.sessionId,
             path.taskId,
             payload.body === undefined
               ? { message: payload.message, status: payload.status }
               : { message: payload.message, status: payload.status, body: payload.body },
             payload.attempt
-          )
+          ))
         ))
   }))
