@@ -414,6 +414,8 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
       let first = true
       let backoff = 500
       while (true) {
+        // stopping (SIGTERM during a backoff): no new registration
+        if (yield* Ref.get(draining)) return yield* Effect.never
         const result = yield* Effect.either(
           Effect.gen(function* () {
             const registration = yield* register(first)
