@@ -191,8 +191,11 @@ export const make = Effect.gen(function* () {
    * What a session serving `pools` would drain on bind, in claim order
    * (priority, then age); reads only — the claim itself takes them.
    */
-  const findPendingForPools = (pools: ReadonlyArray<string>, limit = 1000) =>
-    Effect.map(repo.findPendingForPools(pools, limit), (rows) => rows.map(taskFromRow))
+  const findPendingForPools = Effect.fn("TaskQueue.findPendingForPools")(
+    function* (pools: ReadonlyArray<string>, limit: number = 1000) {
+      return (yield* repo.findPendingForPools(pools, limit)).map(taskFromRow)
+    }
+  )
 
   const list = Effect.fn("TaskQueue.list")(function* (request: ListRequest) {
     let after: { createdAt: Date; id: string } | undefined
