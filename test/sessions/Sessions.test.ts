@@ -22,9 +22,9 @@ const Scheduled = Sweeper.layer.pipe(Layer.provideMerge(Base))
 const provider = (name: string, maxConcurrent = 4) => ({ name, type: "openai", model: "m", maxConcurrent })
 
 /** Real time passes (the sweep and the actor do real SQL) until `check` holds, or fails after ~3 s. */
-const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string) =>
+const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string, attempts = 150) =>
   Effect.gen(function* () {
-    for (let i = 0; i < 150; i++) {
+    for (let i = 0; i < attempts; i++) {
       if (yield* check) return
       yield* TestServices.provideLive(Effect.sleep("20 millis"))
     }
@@ -37,8 +37,12 @@ const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string) =>
  * pass whose SQL is still running when the clock moves schedules its next
  * sleep from the later time; one big move could then leave it asleep.
  */
-const eventuallyAdvancing = <E, R>(step: Duration.DurationInput, check: Effect.Effect<boolean, E, R>, what: string) =>
-  eventually(Effect.zipRight(TestClock.adjust(step), check), what)
+const eventuallyAdvancing = <E, R>(
+  step: Duration.DurationInput,
+  check: Effect.Effect<boolean, E, R>,
+  what: string,
+  steps = 150
+) => eventually(Effect.zipRight(TestClock.adjust(step), check), what, steps)
 
 /** Lets real time pass, for asserting that something did NOT happen. */
 const settle = TestServices.provideLive(Effect.sleep("300 millis"))
@@ -221,7 +225,8 @@ describe("the scheduled sweep", () => {
       yield* settle
       assert.strictEqual(yield* status("sched"), "active")
       // the next pass, at 104 s: 104 s of silence, 44 s for the fresh row
-      yield* eventuallyAdvancing("1 seconds", Effect.map(status("sched"), (s) => s === "inactive"), "the row to go inactive")
+      // (at most to 134 s: the fresh row goes stale at 150 s)
+      yield* eventuallyAdvancing("1 seconds", Effect.map(status("sched"), (s) => s === "inactive"), "the row to go inactive", 45)
       assert.strictEqual(yield* status("fresh"), "active")
       yield* TestClock.adjust("3 hours")
       yield* settle
