@@ -1,6 +1,7 @@
 /**
  * PROTOCOL.md's finer points end to end, on a broker of their own whose
- * running timeout and sweep are short (300 ms, every 100 ms), with the
+ * running timeout, sweep and keepalives are short (300 ms, every 100 ms,
+ * every 200 ms), with the
  * official `openai` SDK and a raw publisher as clients.
  */
 import { Duration } from "effect"
@@ -15,7 +16,11 @@ let clientToken: string
 let publisherToken: string
 
 beforeAll(async () => {
-  broker = await startBroker({ runningTimeout: Duration.millis(300), sweepInterval: Duration.millis(100) })
+  broker = await startBroker({
+    runningTimeout: Duration.millis(300),
+    sweepInterval: Duration.millis(100),
+    keepaliveInterval: Duration.millis(200)
+  })
   clientToken = await broker.token("client")
   publisherToken = await broker.token("publisher")
 })
@@ -92,7 +97,7 @@ describe("async tasks", () => {
     assert.strictEqual(bad.status, 400)
   })
 
-  it("/events sends a status event each time the task moves: pending, claimed, running; then chunks and done", async () => {
+  it("/events sends a status event at each move (a redispatch too), keepalives while quiet, then chunks and done", async () => {
     const name = unique("llm")
     const registering = new RawPublisher(broker.url, publisherToken)
     await registering.register([{ name }])
@@ -109,21 +114,30 @@ describe("async tasks", () => {
         if (event.event === "done") return
       }
     })()
-    const statuses = () => events.filter((e) => e.event === "status").map((e) => JSON.parse(e.data).status)
-    const until = async (n: number) => {
-      for (let i = 0; i < 100 && statuses().length < n; i++) await new Promise<void>((r) => { notify = r; setTimeout(r, 100) })
+    const statuses = () =>
+      events.filter((e) => e.event === "status").map((e) => `${JSON.parse(e.data).status}#${JSON.parse(e.data).attempts}`)
+    const until = async (what: () => boolean) => {
+      for (let i = 0; i < 100 && !what(); i++) await new Promise<void>((r) => { notify = r; setTimeout(r, 100) })
     }
-    await until(1)
+    await until(() => events.some((e) => e.event === ":")) // the broker's keepalive is 200 ms here
     await registering.connect()
-    const task = await registering.nextTask()
-    await until(2)
-    await registering.post(task.taskId, "ack", { attempt: task.attempt })
-    await until(3)
-    await registering.post(task.taskId, "chunks", { chunks: [chunk("x")], attempt: task.attempt })
-    await registering.post(task.taskId, "result", { attempt: task.attempt })
+    const first = await registering.nextTask()
+    await until(() => statuses().length >= 2)
+    registering.disconnect() // no output yet: the task goes back to pending
+    await registering.waitClosed()
+    await until(() => statuses().length >= 3)
+    const second = await online([{ name }])
+    const task = await second.nextTask()
+    assert.deepStrictEqual([task.taskId, task.attempt], [first.taskId, 2])
+    await until(() => statuses().length >= 4)
+    await second.post(task.taskId, "ack", { attempt: task.attempt })
+    await until(() => statuses().length >= 5)
+    await second.post(task.taskId, "chunks", { chunks: [chunk("x")], attempt: task.attempt })
+    await second.post(task.taskId, "result", { attempt: task.attempt })
     await reading
-    registering.disconnect()
-    assert.deepStrictEqual(statuses(), ["pending", "claimed", "running"])
+    second.disconnect()
+    assert.deepStrictEqual(statuses(), ["pending#0", "claimed#1", "pending#1", "claimed#2", "running#2"])
+    assert.isTrue(events.some((e) => e.event === ":"), "keepalive comments while nothing happens")
     assert.deepStrictEqual(events.filter((e) => e.event === "chunk").map((e) => JSON.parse(e.data).choices[0].delta.content), ["x"])
     assert.strictEqual(JSON.parse(events[events.length - 1]!.data).status, "completed")
   })

@@ -1,12 +1,14 @@
 /** The async task API: queue now, fetch, wait, follow or cancel later. Own tasks only; admin sees all. */
 import { HttpApiBuilder, HttpServerResponse } from "@effect/platform"
 import { Duration, Effect, Option, Schema, Stream } from "effect"
+import { RelayConfig } from "../../config.js"
 import { isTerminal, Task, TaskNotFound, Timeout } from "../../domain/Task.js"
 import type { Principal } from "../../domain/Token.js"
 import { Signals } from "../../signals/Signals.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
 import { requireRole } from "../Auth.js"
+import { wireError } from "../Errors.js"
 import * as Sse from "../Sse.js"
 
 /** Long enough that an events stream follows a task to its end (the task's own timeouts end it). */
@@ -18,6 +20,7 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
   Effect.gen(function* () {
     const queue = yield* TaskQueue
     const signals = yield* Signals
+    const config = yield* RelayConfig
 
     /** Another owner's task is a 404, so ids cannot be probed. */
     const ownTask = (principal: Principal, id: string) =>
@@ -88,28 +91,34 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
               const moves = yield* signals.subscribeTask(path.id)
               const { chunks, result } = yield* queue.waitFor(path.id, FOLLOW_TIMEOUT)
               const first = yield* current(path.id)
-              let last = first.status
-              /** A `status` event each time the live status moves (pending, claimed, running). */
+              /** A dispatch is a move too: the same status with a new attempt. */
+              const moment = (task: Task) => `${task.status}#${task.attempts}`
+              let last = moment(first)
+              /** A `status` event each time the live task moves (pending, claimed, running, a new attempt). */
               const statuses = Stream.fromQueue(moves).pipe(
                 Stream.filter((event) =>
-                  event._tag === "Changed" ? !isTerminal(event.status) : event._tag === "Chunks" && last !== "running"),
+                  event._tag === "Changed" ? !isTerminal(event.status) : event._tag === "Chunks" && !last.startsWith("running#")),
                 Stream.mapEffect(() => Effect.option(current(path.id))),
                 Stream.filterMap((found) =>
-                  Option.filter(found, (task) => !isTerminal(task.status) && task.status !== last)),
+                  Option.filter(found, (task) => !isTerminal(task.status) && moment(task) !== last)),
                 Stream.map((task) => {
-                  last = task.status
+                  last = moment(task)
                   return Sse.event("status", encodeTask(task))
                 })
               )
+              // a task may wait an hour for a publisher: keep proxies from cutting the quiet stream
+              const keepalive = Stream.tick(config.keepaliveInterval).pipe(Stream.drop(1), Stream.as(Sse.comment("keepalive")))
               const output = Stream.map(chunks, (chunk) => Sse.event("chunk", chunk)).pipe(Stream.catchAll(() => Stream.empty))
               const done = Stream.fromEffect(
                 Effect.flatMap(Effect.ignore(result), () => current(path.id)).pipe(
                   Effect.map((task) => Sse.event("done", encodeTask(task))),
-                  Effect.orElseSucceed(() => Sse.event("done", encodeTask(first)))
+                  // deleted under the stream (retention): say so rather than repeat a stale Task
+                  Effect.orElseSucceed(() =>
+                    Sse.event("error", JSON.stringify(wireError("TaskNotFound", `task '${path.id}' is gone`))))
                 )
               )
               return Stream.make(Sse.event("status", encodeTask(first))).pipe(
-                Stream.concat(Stream.merge(output, statuses, { haltStrategy: "left" })),
+                Stream.concat(Stream.merge(output, Stream.merge(statuses, keepalive), { haltStrategy: "left" })),
                 Stream.concat(done)
               )
             })
