@@ -220,7 +220,8 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
           yield* post(sessionId, frame, "error", failure)
           return `error ${res.status}`
         }
-        if (!frame.streaming) {
+        const whole = !frame.streaming || (res.headers["content-type"] ?? "").toLowerCase().includes("application/json")
+        if (whole) {
           const text = yield* Effect.either(res.text)
           if (text._tag === "Left") {
             yield* post(sessionId, frame, "error", unreachable(text.left))
@@ -232,23 +233,9 @@ export const run = (options: PublisherOptions): Effect.Effect<never, PublisherFa
             yield* post(sessionId, frame, "error", notJson(res.status, text.right))
             return "error 502"
           }
-          yield* post(sessionId, frame, "result", { status: res.status, body: parsed })
-          return `completed ${res.status}`
-        }
-        if ((res.headers["content-type"] ?? "").toLowerCase().includes("application/json")) {
           // asked to stream, the upstream answered whole: one chunk holding the
           // whole answer, so a streaming client still reads a stream
-          const text = yield* Effect.either(res.text)
-          if (text._tag === "Left") {
-            yield* post(sessionId, frame, "error", unreachable(text.left))
-            return "error 502"
-          }
-          const parsed = parseJson(text.right)
-          if (parsed === undefined) {
-            yield* post(sessionId, frame, "error", notJson(res.status, text.right))
-            return "error 502"
-          }
-          const single = wholeAsChunk(parsed)
+          const single = frame.streaming ? wholeAsChunk(parsed) : undefined
           if (single === undefined) {
             yield* post(sessionId, frame, "result", { status: res.status, body: parsed })
           } else {
