@@ -80,27 +80,27 @@ export const startFakeUpstream = async (initial: Partial<FakeSettings> = {}): Pr
       })
       await sleep(settings.delayMs)
       if (!open) return
+      /** The whole answer at once. */
+      const answer = (status: number, contentType: string, text: string) => {
+        res.writeHead(status, { "content-type": contentType })
+        record.finished = true
+        res.end(text)
+      }
       const model = String(body.model)
       const content = lastMessage(body)
       if (settings.failStatus !== undefined) {
-        res.writeHead(settings.failStatus, { "content-type": "application/json" })
-        record.finished = true
-        res.end(JSON.stringify({ error: { message: `upstream says no (${settings.failStatus})`, type: "fake_error" } }))
+        answer(settings.failStatus, "application/json", JSON.stringify({ error: { message: `upstream says no (${settings.failStatus})`, type: "fake_error" } }))
         return
       }
       if (settings.plainText !== undefined) {
-        res.writeHead(200, { "content-type": "text/plain" })
-        record.finished = true
-        res.end(settings.plainText)
+        answer(200, "text/plain", settings.plainText)
         return
       }
       if (record.path.endsWith("/embeddings")) {
         // one 2-dimensional vector per input: [length of the input, 0.5]
         const inputs = Array.isArray(body.input) ? body.input : [body.input]
         const vectors = inputs.map((input) => [String(input).length, 0.5])
-        res.writeHead(200, { "content-type": "application/json" })
-        record.finished = true
-        res.end(JSON.stringify({
+        answer(200, "application/json", JSON.stringify({
           object: "list",
           model,
           data: vectors.map((vector, index) => ({
@@ -114,10 +114,8 @@ export const startFakeUpstream = async (initial: Partial<FakeSettings> = {}): Pr
         }))
         return
       }
-      if (record.path.endsWith("/v1/completions") && !record.path.endsWith("/chat/completions")) {
-        res.writeHead(200, { "content-type": "application/json" })
-        record.finished = true
-        res.end(JSON.stringify({
+      if (record.path.endsWith("/v1/completions")) {
+        answer(200, "application/json", JSON.stringify({
           id: "cmpl-fake",
           object: "text_completion",
           created: 1700000000,
@@ -128,9 +126,7 @@ export const startFakeUpstream = async (initial: Partial<FakeSettings> = {}): Pr
         return
       }
       if (body.stream !== true || settings.neverStream === true) {
-        res.writeHead(200, { "content-type": "application/json" })
-        record.finished = true
-        res.end(JSON.stringify({
+        answer(200, "application/json", JSON.stringify({
           id: "chatcmpl-fake",
           object: "chat.completion",
           created: 1700000000,
