@@ -12,6 +12,11 @@
  *                            it answers `--help`), or bench/rawPublisher.ts
  *   --sessions 1000,5000     idle session counts (default 1000,5000; quick 200)
  *   --seconds N              seconds per load phase (default 10; quick 3)
+ *   --check                  the performance guard (bench/check.ts): broker and
+ *                            publisher CPU per relayed request after a warm-up,
+ *                            calibrated, against bench/results/baseline.json;
+ *                            exit 1 when one is over +15%
+ *   --write-baseline         with --check: write baseline.json instead
  *   --cpu-prof               run the broker (and a CLI publisher) under
  *                            `node --cpu-prof`; profiles go to
  *                            bench/results/profiles/<time>/ (summarise with
@@ -47,6 +52,7 @@ import {
   spawnNode,
   summarize
 } from "./harness.js"
+import { compare, measure, printVerdicts, readBaseline, BASELINE } from "./check.js"
 import { graphileCycle, relayCycle } from "./queueCycle.js"
 import { type IdleSession, openIdleSession, reach, scale } from "./sessionScale.js"
 
@@ -58,7 +64,9 @@ const quick = args.includes("--quick")
 const cpuProf = args.includes("--cpu-prof")
 const sessionCounts = (option("--sessions") ?? (quick ? "200" : "1000,5000")).split(",").map(Number)
 const seconds = Number(option("--seconds") ?? (quick ? 3 : 10))
-const only = new Set((option("--only") ?? "overhead,streaming,queue,sessions").split(","))
+const check = args.includes("--check")
+const writeBaseline = args.includes("--write-baseline")
+const only = new Set(check ? ["guard"] : (option("--only") ?? "overhead,streaming,queue,sessions").split(","))
 const publisherArg = option("--publisher")
 const ADMIN = `bench-admin-${Crypto.randomBytes(24).toString("hex")}`
 const profileDir = Path.join(ROOT, "bench/results/profiles", new Date().toISOString().replace(/[:.]/g, "-"))
@@ -511,7 +519,7 @@ const main = async () => {
   results.database = server.kind
   results.publisher = kind
   results.settings = { secondsPerPhase: seconds, sessionCounts, cpuProf }
-  progress(`mode ${quick ? "quick" : "full"}, publisher ${kind}, database ${server.kind}, ${seconds} s per load phase`)
+  progress(`mode ${check ? "check" : quick ? "quick" : "full"}, publisher ${kind}, database ${server.kind}, ${seconds} s per load phase`)
   // Everything here shares the machine's cores: say how busy it was before we started.
   const otherLoad = await machineBusy(1000)
   const calibration = calibrate()
@@ -519,8 +527,16 @@ const main = async () => {
   if (otherLoad > 0.1) {
     progress(`warning: the machine was ${Math.round(otherLoad * 100)}% busy before the bench started (other processes); figures will be slower and noisier`)
   }
+  if (check && otherLoad > 0.2 && !args.includes("--force")) {
+    // Contention inflates CPU per request (2-3× measured with a test suite running
+    // beside it), and the calibration loop does not take that out: a busy
+    // machine's figures would be false alarms, or a false baseline.
+    progress("the guard needs a quiet machine (other processes used more than 20% of the CPUs); stop them, or pass --force")
+    process.exitCode = 2
+    return
+  }
   const brokerDb = await createDatabase(server.url, `llm_relay_bench_${Crypto.randomBytes(4).toString("hex")}`)
-  if (only.has("overhead") || only.has("streaming")) {
+  if (only.has("overhead") || only.has("streaming") || only.has("guard")) {
     progress(`starting the fake upstream, the broker and the ${kind} publisher`)
     const upstream = await startUpstream()
     const broker = await startBroker(brokerDb)
@@ -556,6 +572,15 @@ const main = async () => {
       }
     }
     const cpuAtStart = busy.map(cpuSeconds)
+    if (only.has("guard")) {
+      const streamBody = JSON.stringify({ ...chat, stream: true, max_tokens: 200 })
+      results.guard = await measure({
+        sendRequest: () => request(relayed, { headers, body: chatText, timeoutMs: 60_000 }),
+        sendStream: () => request(relayed, { headers, body: streamBody, timeoutMs: 60_000 }),
+        broker: broker.pid,
+        publisher: publisher.child.pid!
+      }, { warmupSeconds: 16, rounds: writeBaseline ? 5 : 3, secondsPerPhase: 5 })
+    }
     if (only.has("overhead")) results.overhead = await overhead(direct, relayed, headers, busy, meters)
     if (only.has("streaming")) results.streaming = await streaming(direct, relayed, headers, busy)
     results.processCpuSeconds = { broker: round(cpuSeconds(broker.pid) - cpuAtStart[0]!), publisher: round(cpuSeconds(publisher.child.pid!) - cpuAtStart[1]!) }
@@ -571,6 +596,7 @@ const main = async () => {
   results.durationSeconds = round((performance.now() - started) / 1000, 1)
   if (cpuProf) results.profiles = Fs.existsSync(profileDir) ? Fs.readdirSync(profileDir).map((f) => Path.relative(ROOT, Path.join(profileDir, f))) : []
 
+  if (check) return finishCheck()
   printTable()
   const dir = Path.join(ROOT, "bench/results")
   Fs.mkdirSync(dir, { recursive: true })
@@ -580,6 +606,27 @@ const main = async () => {
   Fs.writeFileSync(file, JSON.stringify(results, null, 2) + "\n")
   console.log(`\nresults: ${Path.relative(ROOT, file)} (${results.durationSeconds} s)`)
   if (cpuProf) console.log(`profiles: ${(results.profiles as Array<string>).join(", ")}`)
+}
+
+/** `--check`: compare with the baseline (exit 1 on a regression), or write it. */
+const finishCheck = () => {
+  const figures = results.guard as Awaited<ReturnType<typeof measure>>
+  if (writeBaseline) {
+    const { date, revision, machine, machineAtStart } = results
+    Fs.writeFileSync(BASELINE, JSON.stringify({ date, revision, machine, machineAtStart, ...figures }, null, 2) + "\n")
+    console.log(`\nbaseline written: ${Path.relative(ROOT, BASELINE)}`)
+    for (const [key, value] of Object.entries(figures.raw)) console.log(`  ${key}: ${value.toFixed(3)} ms (${figures.normalized[key as keyof typeof figures.raw]} calibrated)`)
+    return
+  }
+  const baseline = readBaseline()
+  const verdicts = compare(figures, baseline)
+  printVerdicts(figures, baseline, verdicts)
+  const dir = Path.join(ROOT, "bench/results")
+  Fs.writeFileSync(Path.join(dir, "check-last.json"), JSON.stringify({ ...results, verdicts }, null, 2) + "\n")
+  if (verdicts.some((v) => !v.pass)) {
+    console.log("\nthe guard FAILED: a figure is more than 15% above the baseline")
+    process.exitCode = 1
+  } else console.log("\nthe guard passed")
 }
 
 main()
