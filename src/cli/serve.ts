@@ -4,6 +4,7 @@ import { Config, Effect, Layer, Option } from "effect"
 import * as Broker from "../Broker.js"
 import { InstanceId, RelayConfig } from "../config.js"
 import * as Database from "../db/Database.js"
+import { EmbeddedPostgresError } from "../db/Embedded.js"
 import { HttpLive, NodeServerLive } from "../http/Server.js"
 import { AdminTokenConfig, Tokens } from "../tokens/Tokens.js"
 
@@ -47,8 +48,21 @@ export const serveLayer = (options: { readonly host: string; readonly port: numb
     Layer.orDie
   )
 
+/**
+ * The embedded database failing to start is the user's to fix (a leftover
+ * server, a directory it cannot reach): one line saying what and how, not a
+ * stack trace.
+ */
+const reportEmbedded = (defect: unknown) =>
+  defect instanceof EmbeddedPostgresError
+    ? Effect.sync(() => {
+      console.error(`llm-relay: ${defect.message}`)
+      process.exitCode = 1
+    })
+    : Effect.die(defect)
+
 export const serve = Command.make("serve", { host, port }, (options) =>
   // a bad RELAY_ADMIN_TOKEN stops the start before the database is touched
-  Effect.zipRight(AdminTokenConfig, Layer.launch(serveLayer(options)))).pipe(
+  Effect.zipRight(AdminTokenConfig, Layer.launch(serveLayer(options))).pipe(Effect.catchAllDefect(reportEmbedded))).pipe(
   Command.withDescription("run the broker (HTTP API, task queue, sweeper)")
 )

@@ -47,6 +47,33 @@ export const DatabaseConfig = Config.all({
 })
 
 /**
+ * While the embedded server runs: the runtime's handler takes the first
+ * SIGINT/SIGTERM (interrupt, finalizers, server stopped) and then removes
+ * itself, so a second one (Ctrl-C twice, or npm forwarding the terminal's
+ * signal to a process that got it already) would kill the process at once and
+ * leave the server running. Repeats are ignored; a third forces the exit, which
+ * still stops the server (Embedded's exit hook).
+ */
+const repeatedSignalsGuard = Effect.acquireRelease(
+  Effect.sync(() => {
+    let seen = 0
+    const onSignal = () => {
+      seen++
+      if (seen === 2) console.error("llm-relay: stopping (the embedded PostgreSQL too); a third signal forces the exit")
+      if (seen >= 3) process.exit(130)
+    }
+    process.on("SIGINT", onSignal)
+    process.on("SIGTERM", onSignal)
+    return onSignal
+  }),
+  (onSignal) =>
+    Effect.sync(() => {
+      process.off("SIGINT", onSignal)
+      process.off("SIGTERM", onSignal)
+    })
+)
+
+/**
  * `DATABASE_URL` set: a PgClient on it. Unset: start the embedded server first
  * (stopped when the layer's scope closes).
  */
@@ -58,11 +85,13 @@ export const layerFromEnv = Layer.unwrapScoped(
       yield* Effect.logInfo(`database: ${describeUrl(Redacted.value(url.value))}`)
       return layerUrl(url.value, { maxConnections: config.maxConnections })
     }
+    yield* repeatedSignalsGuard
     const server = yield* Embedded.start({
       dataDir: config.dataDir,
       onLog: (line) => {
         if (/FATAL|PANIC|ERROR/.test(line)) console.error(`[embedded-postgres] ${line.trim()}`)
-      }
+      },
+      onNotice: (line) => console.error(`llm-relay: ${line}`)
     })
     yield* Effect.logInfo(`database: embedded PostgreSQL in ${server.dataDir} (127.0.0.1:${server.port})`)
     return layerUrl(server.url, { maxConnections: config.maxConnections })
