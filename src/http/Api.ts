@@ -2,10 +2,11 @@
  * The broker's HTTP API (PROTOCOL.md), one group per route family. A host app
  * can serve it as a whole (`src/http/Server.ts`) or add its groups to its own.
  */
-import { HttpApi } from "@effect/platform"
+import { HttpApi, OpenApi } from "@effect/platform"
 import * as Errors from "../domain/Errors.js"
 import * as Llm from "../domain/Llm.js"
 import * as Task from "../domain/Task.js"
+import { asWire, decodeErrorAsBadRequest } from "./Errors.js"
 import { OpenAiApi } from "./groups/openai.js"
 import { OpsApi } from "./groups/ops.js"
 import { PublishersApi } from "./groups/publishers.js"
@@ -20,22 +21,20 @@ export class RelayApi extends HttpApi.make("llm-relay")
   .add(TasksApi)
   .add(RegistryApi)
   .add(TokensApi)
-  .addError(Errors.BadRequest)
-  .addError(Errors.Unauthorized)
-  .addError(Errors.Forbidden)
-  .addError(Errors.NotFound)
-  .addError(Errors.PayloadTooLarge)
-  .addError(Errors.NotImplemented)
-  .addError(Llm.NameConflict)
-  .addError(Llm.LlmNotFound)
-  .addError(Llm.SessionNotFound)
-  .addError(Task.ModelNotFound)
-  .addError(Task.NotVirtual)
-  .addError(Task.TaskNotFound)
-  .addError(Task.TaskNotHeld)
-  .addError(Task.TaskCancelled)
-  .addError(Task.PublisherOffline)
-  .addError(Task.PublisherDisconnected)
-  .addError(Task.Timeout)
-  .addError(Task.UpstreamError, { status: 502 })
+  .addError(asWire(Errors.BadRequest))
+  .addError(asWire(Errors.NotFound))
+  .addError(asWire(Errors.PayloadTooLarge))
+  .addError(asWire(Llm.NameConflict))
+  .addError(asWire(Llm.LlmNotFound))
+  .addError(asWire(Llm.SessionNotFound))
+  .addError(asWire(Task.ModelNotFound))
+  .addError(asWire(Task.NotVirtual))
+  .addError(asWire(Task.TaskNotFound))
+  .addError(asWire(Task.TaskNotHeld))
+  .addError(asWire(Task.TaskCancelled))
+  .addError(asWire(Task.PublisherOffline))
+  .addError(asWire(Task.PublisherDisconnected))
+  .addError(asWire(Task.Timeout))
+  .addError(asWire(Task.UpstreamError, 502))
+  .annotate(OpenApi.Transform, decodeErrorAsBadRequest)
 {}
