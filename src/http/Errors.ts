@@ -49,40 +49,6 @@ export const asWire = <Self extends { readonly _tag: string; readonly message: s
 }
 
 /**
- * The OpenAPI document, rewritten where HttpApi's built-in decode error shows:
- * on the wire that failure is a BadRequest (see `toWire`), so the document
- * names BadRequest's shape instead of the decode error's `{_tag, issues}`, and
- * drops the component schemas only the decode error used.
- */
-export const decodeErrorAsBadRequest = (spec: Record<string, unknown>): Record<string, unknown> => {
-  const ref = (name: string) => `#/components/schemas/${name}`
-  const rewrite = (node: unknown): unknown => {
-    if (Array.isArray(node)) return node.map(rewrite)
-    if (!Predicate.isRecord(node)) return node
-    if (node.$ref === ref("HttpApiDecodeError")) return { $ref: ref("BadRequest") }
-    const out = Object.fromEntries(Object.entries(node).map(([key, value]): [string, unknown] => [key, rewrite(value)]))
-    if (Array.isArray(out.anyOf)) {
-      const anyOf = [...new Map(out.anyOf.map((member: unknown) => [JSON.stringify(member), member])).values()]
-      if (anyOf.length === 1 && Object.keys(out).length === 1) return anyOf[0]
-      out.anyOf = anyOf
-    }
-    return out
-  }
-  const { components, ...rest } = spec
-  if (!Predicate.isRecord(components) || !Predicate.isRecord(components.schemas)) return spec
-  const paths = rewrite(rest)
-  const schemas = new Map(Object.entries(components.schemas).map(([name, schema]) => [name, rewrite(schema)]))
-  // the decode error, then what nothing refers to any more (its Issue, …)
-  const isReferenced = (name: string) =>
-    JSON.stringify([paths, ...[...schemas].filter(([other]) => other !== name)]).includes(`"${ref(name)}"`)
-  for (let orphan: string | undefined = "HttpApiDecodeError"; orphan !== undefined;) {
-    schemas.delete(orphan)
-    orphan = [...schemas.keys()].find((name) => !isReferenced(name))
-  }
-  return { ...(Predicate.isRecord(paths) ? paths : rest), components: { ...components, schemas: Object.fromEntries(schemas) } }
-}
-
-/**
  * Answers the `openai` SDK must not retry on its own (it retries 5xx twice by
  * default): the relay has already waited (504), redispatched what it safely
  * could (502), or found no publisher (503; `X-Relay-Max-Wait` is the way to
