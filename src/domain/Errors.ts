@@ -37,19 +37,12 @@ export class NotFound extends Schema.TaggedError<NotFound>()(
   HttpApiSchema.annotations({ status: 404 })
 ) {}
 
-export class NotImplemented extends Schema.TaggedError<NotImplemented>()(
-  "NotImplemented",
-  { message: Schema.String },
-  HttpApiSchema.annotations({ status: 501 })
-) {}
-
 /**
- * A schema failure as one sentence that names the field, e.g.
+ * Schema issues as one sentence that names the field, e.g.
  * `providers[0].name: Expected a string matching …`.
  */
-export const describeParseError = (error: ParseResult.ParseError): string => {
-  const issues = ParseResult.ArrayFormatter.formatErrorSync(error)
-  return issues
+export const describeIssues = (issues: ReadonlyArray<ParseResult.ArrayFormatterIssue>): string =>
+  issues
     .slice(0, 3)
     .map((issue) => {
       const path = issue.path
@@ -58,7 +51,10 @@ export const describeParseError = (error: ParseResult.ParseError): string => {
       return path.length > 0 ? `${path}: ${issue.message}` : issue.message
     })
     .join("; ")
-}
+
+/** A schema failure as one sentence that names the field. */
+export const describeParseError = (error: ParseResult.ParseError): string =>
+  describeIssues(ParseResult.ArrayFormatter.formatErrorSync(error))
 
 export const badRequestFromParseError = (error: ParseResult.ParseError): BadRequest =>
   new BadRequest({ message: describeParseError(error) })

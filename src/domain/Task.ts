@@ -76,11 +76,14 @@ export class TaskCancelled extends Schema.TaggedError<TaskCancelled>()(
   HttpApiSchema.annotations({ status: 410 })
 ) {}
 
-/** A transition was asked of a task already completed/errored/cancelled. */
+/**
+ * A transition was asked of a task already completed/errored/cancelled. Not a
+ * protocol error (no status): the queue tells it from TaskNotHeld, the
+ * publisher routes answer both as TaskNotHeld.
+ */
 export class TaskAlreadyTerminal extends Schema.TaggedError<TaskAlreadyTerminal>()(
   "TaskAlreadyTerminal",
-  { message: Schema.String },
-  HttpApiSchema.annotations({ status: 409 })
+  { message: Schema.String }
 ) {}
 
 export class PublisherOffline extends Schema.TaggedError<PublisherOffline>()(

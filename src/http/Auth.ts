@@ -1,70 +1,72 @@
 /**
- * Bearer-token authentication (an HttpApi security middleware providing the
- * `CurrentPrincipal`), and the role checks handlers apply.
+ * Bearer-token authentication and the role policy, as HttpApi security
+ * middleware providing the `CurrentPrincipal`: one per policy, and each group
+ * (or, in the registry, each endpoint) names the one it follows. The token and
+ * the role are checked before the handler runs, so before the body is read:
+ * a wrong role is a 403 whatever the body holds. Admin passes everywhere.
  */
-import { HttpApiMiddleware, HttpApiSecurity, HttpRouter } from "@effect/platform"
+import { HttpApiMiddleware, HttpApiSecurity } from "@effect/platform"
 import { Context, Effect, Layer, Option, Redacted, Schema } from "effect"
 import { Forbidden, Unauthorized } from "../domain/Errors.js"
 import type { Principal, Role } from "../domain/Token.js"
 import { Tokens } from "../tokens/Tokens.js"
+import { asWire } from "./Errors.js"
 
 export class CurrentPrincipal extends Context.Tag("llm-relay/CurrentPrincipal")<CurrentPrincipal, Principal>() {}
 
-export class Authorization extends HttpApiMiddleware.Tag<Authorization>()("llm-relay/Authorization", {
-  failure: Schema.Union(Unauthorized, Forbidden),
+const bearer = {
+  failure: Schema.Union(asWire(Unauthorized), asWire(Forbidden)),
   provides: CurrentPrincipal,
   security: { bearer: HttpApiSecurity.bearer }
-}) {}
+} as const
 
-export const AuthorizationLive = Layer.effect(
-  Authorization,
-  Effect.gen(function* () {
-    const tokens = yield* Tokens
-    return {
-      bearer: (token: Redacted.Redacted<string>) =>
-        Effect.gen(function* () {
-          const secret = Redacted.value(token)
-          if (secret.length === 0) {
-            return yield* new Unauthorized({ message: "missing bearer token (Authorization: Bearer <token>)" })
-          }
-          const principal = yield* tokens.verify(secret)
-          if (Option.isNone(principal)) {
-            return yield* new Unauthorized({ message: "unknown or revoked token" })
-          }
-          // the role is checked here, before the body is read: a wrong role
-          // is a 403 whatever the body holds
-          const { route } = yield* HttpRouter.RouteContext
-          const roles = routeRoles(route.method, route.path)
-          if (roles !== undefined) yield* checkRole(principal.value, roles)
-          return principal.value
-        })
-    }
-  })
-)
+/** Any valid token, whatever its role. */
+export class Authorization extends HttpApiMiddleware.Tag<Authorization>()("llm-relay/Authorization", bearer) {}
+
+/** Role client (or admin): inference and own tasks. */
+export class ClientAuthorization
+  extends HttpApiMiddleware.Tag<ClientAuthorization>()("llm-relay/ClientAuthorization", bearer)
+{}
+
+/** Role publisher (or admin): publisher sessions. */
+export class PublisherAuthorization
+  extends HttpApiMiddleware.Tag<PublisherAuthorization>()("llm-relay/PublisherAuthorization", bearer)
+{}
+
+/** Role admin only. */
+export class AdminAuthorization
+  extends HttpApiMiddleware.Tag<AdminAuthorization>()("llm-relay/AdminAuthorization", bearer)
+{}
 
 /**
- * The roles a route needs besides admin (PROTOCOL.md's roles), from the
- * matched route's method and path pattern (not the raw URL, which the router
- * normalises); undefined: any role.
+ * The principal of a bearer token, if its role is admin or one of `roles`
+ * (undefined: any role).
  */
-export const routeRoles = (method: string, pattern: string): ReadonlyArray<Role> | undefined => {
-  const path = pattern.replace(/^.*?(?=\/v1\/)/, "") // a host app may mount the API under a prefix
-  const under = (prefix: string) => path === prefix || path.startsWith(`${prefix}/`)
-  if (under("/v1/publishers")) return ["publisher"]
-  if (under("/v1/tokens")) return []
-  if (under("/v1/llms")) return method === "GET" ? undefined : []
-  return ["client"]
-}
-
-const checkRole = (principal: Principal, roles: ReadonlyArray<Role>) =>
-  principal.role === "admin" || roles.includes(principal.role)
-    ? Effect.succeed(principal)
-    : Effect.fail(
-      new Forbidden({
-        message: `this route needs the ${[...roles, "admin"].join(" or ")} role; the token has '${principal.role}'`
+const authenticate = (roles: ReadonlyArray<Role> | undefined) =>
+  Effect.map(Tokens, (tokens) => ({
+    bearer: (token: Redacted.Redacted<string>) =>
+      Effect.gen(function* () {
+        const secret = Redacted.value(token)
+        if (secret.length === 0) {
+          return yield* new Unauthorized({ message: "missing bearer token (Authorization: Bearer <token>)" })
+        }
+        const found = yield* tokens.verify(secret)
+        if (Option.isNone(found)) {
+          return yield* new Unauthorized({ message: "unknown or revoked token" })
+        }
+        const principal = found.value
+        if (roles !== undefined && principal.role !== "admin" && !roles.includes(principal.role)) {
+          return yield* new Forbidden({
+            message: `this route needs the ${[...roles, "admin"].join(" or ")} role; the token has '${principal.role}'`
+          })
+        }
+        return principal
       })
-    )
+  }))
 
-/** The current principal, if its role is one of `roles` (admin always is). */
-export const requireRole = (...roles: ReadonlyArray<Role>) =>
-  Effect.flatMap(CurrentPrincipal, (principal) => checkRole(principal, roles))
+export const AuthorizationLive = Layer.mergeAll(
+  Layer.effect(Authorization, authenticate(undefined)),
+  Layer.effect(ClientAuthorization, authenticate(["client"])),
+  Layer.effect(PublisherAuthorization, authenticate(["publisher"])),
+  Layer.effect(AdminAuthorization, authenticate([]))
+)

@@ -2,17 +2,19 @@
  * Every non-2xx answer in the OpenAI error shape of PROTOCOL.md:
  * `{"error":{"type":"<Tag>","code":"<snake_case>","message":"…"}}`.
  *
- * One HttpApi middleware turns each failure into such a response: the domain's
- * tagged errors (status from their class), HttpApi's own decode failures
- * (400 naming the field), unreadable or malformed bodies (400), bodies over
- * the limit (413), and unknown routes (404). Anything else is logged and
- * answered 500 in the same shape; interruption (the client left) passes through.
+ * A domain error's status is the one its class declares
+ * (`HttpApiSchema.annotations({ status })`), read from the class: it is
+ * written nowhere else. One HttpApi middleware turns each failure into such a
+ * response: the domain's tagged errors, HttpApi's own decode failures (400
+ * naming the field), unreadable or malformed bodies (400), bodies over the
+ * limit (413) and unknown routes (404), the last ones as the domain errors
+ * they are. Anything else is logged and answered 500 in the same shape;
+ * interruption (the client left) passes through.
  */
-import { HttpApiError, HttpServerError, HttpServerResponse } from "@effect/platform"
-import { SqlError } from "@effect/sql/SqlError"
-import { Cause, Effect, Option, ParseResult, Predicate } from "effect"
-import * as Errors from "../domain/Errors.js"
-import * as TaskErrors from "../domain/Task.js"
+import { HttpApiError, HttpApiSchema, HttpServerError, HttpServerResponse } from "@effect/platform"
+import { Cause, Effect, Option, ParseResult, Predicate, Schema, SchemaAST } from "effect"
+import { BadRequest, badRequestFromParseError, describeIssues, NotFound, PayloadTooLarge } from "../domain/Errors.js"
+import { UpstreamError } from "../domain/Task.js"
 
 export const snakeCase = (tag: string): string =>
   tag.replace(/([a-z0-9])([A-Z])/g, "$1_$2").replace(/([A-Z])([A-Z][a-z])/g, "$1_$2").toLowerCase()
@@ -24,6 +26,27 @@ export interface WireError {
 export const wireError = (type: string, message: string): WireError => ({
   error: { type, code: snakeCase(type), message }
 })
+
+/**
+ * An error class as the HttpApi declares it (and the OpenAPI document shows
+ * it): the class's own status, and on the wire the OpenAI shape rather than
+ * the class's `{_tag, message}`. Encode only: the broker never reads errors
+ * back. `status` is for a class whose status is the instance's (UpstreamError).
+ */
+export const asWire = <Self extends { readonly _tag: string; readonly message: string }, I, R>(
+  errorClass: Schema.Schema<Self, I, R> & { readonly _tag: string },
+  status: number = HttpApiSchema.getStatusErrorAST(errorClass.ast)
+): Schema.Schema<Self, WireError> => {
+  const type: string = errorClass._tag
+  const shape = Schema.Struct({
+    error: Schema.Struct({ type: Schema.Literal(type), code: Schema.Literal(snakeCase(type)), message: Schema.String })
+  })
+  return Schema.transformOrFail(shape, Schema.typeSchema(errorClass), {
+    strict: true,
+    decode: (wire, _, ast) => ParseResult.fail(new ParseResult.Forbidden(ast, wire, "errors are encoded only")),
+    encode: (error) => ParseResult.succeed(wireError(error._tag, error.message))
+  }).annotations({ identifier: type, ...HttpApiSchema.annotations({ status }) })
+}
 
 /**
  * Answers the `openai` SDK must not retry on its own (it retries 5xx twice by
@@ -39,90 +62,62 @@ export const errorResponse = (status: number, type: string, message: string) =>
     ...(final.has(type) ? { headers: { "x-should-retry": "false" } } : {})
   })
 
-/** The status of each domain error tag (the class's annotation, in one table). */
-const statusByTag: Record<string, number> = {
-  BadRequest: 400,
-  NotVirtual: 400,
-  Unauthorized: 401,
-  Forbidden: 403,
-  NotFound: 404,
-  ModelNotFound: 404,
-  TaskNotFound: 404,
-  SessionNotFound: 404,
-  LlmNotFound: 404,
-  NameConflict: 409,
-  TaskNotHeld: 409,
-  TaskCancelled: 410,
-  PayloadTooLarge: 413,
-  NotImplemented: 501,
-  PublisherDisconnected: 502,
-  PublisherOffline: 503,
-  Timeout: 504
+/** A tagged error with a message, as every domain error is. */
+interface DomainError {
+  readonly _tag: string
+  readonly message: string
 }
 
-
-const hasTagAndMessage = (u: unknown): u is { readonly _tag: string; readonly message: string } =>
+const isDomainError = (u: unknown): u is DomainError =>
   Predicate.hasProperty(u, "_tag") && typeof u._tag === "string" &&
   Predicate.hasProperty(u, "message") && typeof u.message === "string"
 
+/** The status the error's class declares; None when it declares none. */
+const declaredStatus = (error: DomainError): Option.Option<number> => {
+  const errorClass = error.constructor
+  return Schema.isSchema(errorClass)
+    ? SchemaAST.getAnnotation<number>(HttpApiSchema.AnnotationStatus)(SchemaAST.typeAST(errorClass.ast))
+    : Option.none()
+}
+
+/** The response of a domain error: its class's status (500 if it declares none). */
+export const domainErrorResponse = (error: DomainError) =>
+  errorResponse(Option.getOrElse(declaredStatus(error), () => 500), error._tag, error.message)
+
+const tooLarge = /max|too large|exceed/i
+
 const isTooLarge = (error: HttpServerError.RequestError): boolean =>
-  /max|too large|exceed/i.test(String(error.description ?? "")) ||
-  /max|too large|exceed/i.test(String((error.cause as { message?: unknown } | undefined)?.message ?? ""))
+  tooLarge.test(String(error.description ?? "")) ||
+  (Predicate.hasProperty(error.cause, "message") && tooLarge.test(String(error.cause.message)))
 
-/**
- * PostgreSQL refusing U+0000: `unsupported Unicode escape sequence` (22P05,
- * jsonb) or `invalid byte sequence` (22021, text).
- */
-const isUnstorableText = (cause: unknown) =>
-  Predicate.hasProperty(cause, "code") && (cause.code === "22P05" || cause.code === "22021")
-
-/** The wire form of a domain/platform failure; None for unknown errors. */
-export const toWire = (error: unknown): Option.Option<{ status: number; type: string; message: string }> => {
-  if (error instanceof TaskErrors.UpstreamError) {
-    const status = error.status >= 400 && error.status <= 599 ? error.status : 502
-    return Option.some({ status, type: "UpstreamError", message: error.message })
-  }
+/** HttpApi's and the HTTP server's own failures as the domain errors they are on the wire. */
+const asDomainError = (error: unknown): unknown => {
   if (error instanceof HttpApiError.HttpApiDecodeError) {
-    const first = error.issues.slice(0, 3).map((issue) => {
-      const path = issue.path.map((k, i) => (typeof k === "number" ? `[${k}]` : i === 0 ? String(k) : `.${String(k)}`)).join("")
-      return path ? `${path}: ${issue.message}` : issue.message
-    })
-    return Option.some({ status: 400, type: "BadRequest", message: first.join("; ") || error.message })
+    return new BadRequest({ message: describeIssues(error.issues) || error.message })
   }
-  if (error instanceof SqlError && isUnstorableText(error.cause)) {
-    // Valid JSON, but PostgreSQL text and jsonb cannot hold U+0000: the
-    // statement failed as a whole, so nothing was stored.
-    return Option.some({
-      status: 400,
-      type: "BadRequest",
-      message: "the body contains a NUL character (\\u0000), which cannot be stored"
-    })
-  }
-  if (ParseResult.isParseError(error)) {
-    return Option.some({ status: 400, type: "BadRequest", message: Errors.describeParseError(error) })
-  }
+  if (ParseResult.isParseError(error)) return badRequestFromParseError(error)
   if (HttpServerError.isServerError(error)) {
     switch (error._tag) {
       case "RouteNotFound":
-        return Option.some({
-          status: 404,
-          type: "NotFound",
-          message: `no route ${error.request.method} ${error.request.url}`
-        })
+        return new NotFound({ message: `no route ${error.request.method} ${error.request.url}` })
       case "RequestError":
-        return Option.some(
-          isTooLarge(error)
-            ? { status: 413, type: "PayloadTooLarge", message: "the request body is over the size limit" }
-            : { status: 400, type: "BadRequest", message: "the request body is not valid JSON" }
-        )
-      default:
-        return Option.none()
+        return isTooLarge(error)
+          ? new PayloadTooLarge({ message: "the request body is over the size limit" })
+          : new BadRequest({ message: "the request body is not valid JSON" })
     }
   }
-  if (hasTagAndMessage(error) && error._tag in statusByTag) {
-    return Option.some({ status: statusByTag[error._tag]!, type: error._tag, message: error.message })
+  return error
+}
+
+/** The wire form of a failure; None for one the protocol does not name (a bug). */
+export const toWire = (failure: unknown): Option.Option<{ status: number; type: string; message: string }> => {
+  const error = asDomainError(failure)
+  if (error instanceof UpstreamError) {
+    const status = error.status >= 400 && error.status <= 599 ? error.status : 502
+    return Option.some({ status, type: "UpstreamError", message: error.message })
   }
-  return Option.none()
+  if (!isDomainError(error)) return Option.none()
+  return Option.map(declaredStatus(error), (status) => ({ status, type: error._tag, message: error.message }))
 }
 
 /** The HttpApi middleware: every failure leaves as an OpenAI-shaped error response. */
@@ -130,8 +125,7 @@ export const errorMiddleware = <E, R>(app: Effect.Effect<HttpServerResponse.Http
   Effect.catchAllCause(app, (cause) => {
     if (Cause.isInterruptedOnly(cause)) return Effect.failCause(cause)
     // Failures and defects alike: a body that cannot be read is a defect in HttpApi.
-    const error = Cause.squash(cause)
-    const wire = toWire(error)
+    const wire = toWire(Cause.squash(cause))
     if (Option.isSome(wire)) {
       return Effect.succeed(errorResponse(wire.value.status, wire.value.type, wire.value.message))
     }

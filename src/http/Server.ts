@@ -9,7 +9,8 @@ import { createServer } from "node:http"
 import { RelayConfig } from "../config.js"
 import { RelayApi } from "./Api.js"
 import { AuthorizationLive } from "./Auth.js"
-import { errorMiddleware, errorResponse } from "./Errors.js"
+import { PayloadTooLarge } from "../domain/Errors.js"
+import { domainErrorResponse, errorMiddleware } from "./Errors.js"
 import { OpenAiLive } from "./handlers/openai.js"
 import { OpsLive } from "./handlers/ops.js"
 import { PublishersLive } from "./handlers/publishers.js"
@@ -27,7 +28,9 @@ const bodyLimit = HttpApiBuilder.middleware(
       const request = yield* HttpServerRequest.HttpServerRequest
       const length = Number(request.headers["content-length"] ?? "0")
       if (Number.isFinite(length) && length > config.maxBodyBytes) {
-        return errorResponse(413, "PayloadTooLarge", `the request body is over the limit of ${config.maxBodyBytes} bytes`)
+        return domainErrorResponse(
+          new PayloadTooLarge({ message: `the request body is over the limit of ${config.maxBodyBytes} bytes` })
+        )
       }
       return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(config.maxBodyBytes))
     }))

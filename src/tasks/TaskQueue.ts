@@ -74,7 +74,8 @@ const decodeCursor = (cursor: string) => {
   const text = Buffer.from(cursor, "base64url").toString("utf8")
   const colon = text.indexOf(":")
   const millis = Number(text.slice(0, colon))
-  return colon > 0 && Number.isInteger(millis)
+  // a forged cursor may decode to U+0000, which no task id holds (nor PostgreSQL text)
+  return colon > 0 && Number.isInteger(millis) && !text.includes("\u0000")
     ? Option.some({ createdAt: new Date(millis), id: text.slice(colon + 1) })
     : Option.none()
 }

@@ -1,6 +1,7 @@
 import { HttpApiEndpoint, HttpApiGroup } from "@effect/platform"
 import { Schema } from "effect"
-import { Authorization } from "../Auth.js"
+import { ClientAuthorization } from "../Auth.js"
+import { storable } from "./storable.js"
 
 /** An OpenAI request body: `model` is required, everything else passes through untouched. */
 export const InferenceRequest = Schema.Struct(
@@ -20,7 +21,7 @@ export const ModelEntry = Schema.Struct({
 })
 
 const inference = <const Name extends string>(name: Name, path: `/${string}`) =>
-  HttpApiEndpoint.post(name, path).setPayload(InferenceRequest).addSuccess(Schema.Unknown)
+  HttpApiEndpoint.post(name, path).setPayload(storable(InferenceRequest)).addSuccess(Schema.Unknown)
 
 /** The OpenAI-compatible surface (role client or admin). */
 export class OpenAiApi extends HttpApiGroup.make("openai")
@@ -33,5 +34,5 @@ export class OpenAiApi extends HttpApiGroup.make("openai")
   .add(inference("chatCompletions", "/v1/chat/completions"))
   .add(inference("completions", "/v1/completions"))
   .add(inference("embeddings", "/v1/embeddings"))
-  .middleware(Authorization)
+  .middleware(ClientAuthorization)
 {}

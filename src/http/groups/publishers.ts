@@ -1,10 +1,11 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema } from "@effect/platform"
 import { Schema } from "effect"
 import { RegisterRequest, Registration } from "../../domain/Llm.js"
-import { Authorization } from "../Auth.js"
+import { PublisherAuthorization } from "../Auth.js"
+import { storable } from "./storable.js"
 
-const SessionPath = Schema.Struct({ sessionId: Schema.String })
-const TaskPath = Schema.Struct({ sessionId: Schema.String, taskId: Schema.String })
+const SessionPath = storable(Schema.Struct({ sessionId: Schema.String }))
+const TaskPath = storable(Schema.Struct({ sessionId: Schema.String, taskId: Schema.String }))
 const Attempt = Schema.optional(Schema.Int.pipe(Schema.positive({ message: () => "attempt must be a positive integer" })))
 const HttpStatus = Schema.Int.pipe(Schema.between(100, 599, { message: () => "status must be an HTTP status (100-599)" }))
 
@@ -31,12 +32,12 @@ export const ErrorPayload = Schema.Struct({
 const taskPost = <const Name extends string, A, I>(name: Name, segment: string, payload: Schema.Schema<A, I>) =>
   HttpApiEndpoint.post(name, `/v1/publishers/sessions/:sessionId/tasks/:taskId/${segment}`)
     .setPath(TaskPath)
-    .setPayload(payload)
+    .setPayload(storable(payload))
     .addSuccess(HttpApiSchema.NoContent)
 
 /** What a publisher process talks to (role publisher or admin). */
 export class PublishersApi extends HttpApiGroup.make("publishers")
-  .add(HttpApiEndpoint.post("register", "/v1/publishers/sessions").setPayload(RegisterRequest).addSuccess(Registration))
+  .add(HttpApiEndpoint.post("register", "/v1/publishers/sessions").setPayload(storable(RegisterRequest)).addSuccess(Registration))
   .add(
     HttpApiEndpoint.get("stream", "/v1/publishers/sessions/:sessionId/tasks")
       .setPath(SessionPath)
@@ -56,5 +57,5 @@ export class PublishersApi extends HttpApiGroup.make("publishers")
   .add(taskPost("chunks", "chunks", ChunksPayload))
   .add(taskPost("result", "result", ResultPayload))
   .add(taskPost("error", "error", ErrorPayload))
-  .middleware(Authorization)
+  .middleware(PublisherAuthorization)
 {}

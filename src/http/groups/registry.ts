@@ -1,7 +1,8 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema } from "@effect/platform"
 import { Schema } from "effect"
 import { Llm, LlmName } from "../../domain/Llm.js"
-import { Authorization } from "../Auth.js"
+import { AdminAuthorization, Authorization } from "../Auth.js"
+import { storable } from "./storable.js"
 
 export const CreatePublicLlm = Schema.Struct({
   name: LlmName,
@@ -17,12 +18,21 @@ export const CreatePublicLlm = Schema.Struct({
 
 /** The LLM registry as seen by any token; public LLMs are managed by admins. */
 export class RegistryApi extends HttpApiGroup.make("registry")
-  .add(HttpApiEndpoint.get("list", "/v1/llms").addSuccess(Schema.Struct({ data: Schema.Array(Llm) })))
-  .add(HttpApiEndpoint.post("create", "/v1/llms").setPayload(CreatePublicLlm).addSuccess(Llm, { status: 201 }))
+  .add(
+    HttpApiEndpoint.get("list", "/v1/llms")
+      .addSuccess(Schema.Struct({ data: Schema.Array(Llm) }))
+      .middleware(Authorization)
+  )
+  .add(
+    HttpApiEndpoint.post("create", "/v1/llms")
+      .setPayload(storable(CreatePublicLlm))
+      .addSuccess(Llm, { status: 201 })
+      .middleware(AdminAuthorization)
+  )
   .add(
     HttpApiEndpoint.del("delete", "/v1/llms/:name")
-      .setPath(Schema.Struct({ name: Schema.String }))
+      .setPath(storable(Schema.Struct({ name: Schema.String })))
       .addSuccess(HttpApiSchema.NoContent)
+      .middleware(AdminAuthorization)
   )
-  .middleware(Authorization)
 {}

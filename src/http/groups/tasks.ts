@@ -1,7 +1,8 @@
 import { HttpApiEndpoint, HttpApiGroup } from "@effect/platform"
 import { Schema } from "effect"
 import { Task, TaskPath, TaskStatus } from "../../domain/Task.js"
-import { Authorization } from "../Auth.js"
+import { ClientAuthorization } from "../Auth.js"
+import { storable } from "./storable.js"
 
 export const CreateTaskRequest = Schema.Struct({
   model: Schema.String.pipe(Schema.minLength(1, { message: () => "model must not be empty" })),
@@ -11,7 +12,7 @@ export const CreateTaskRequest = Schema.Struct({
   priority: Schema.optionalWith(Schema.Int.pipe(Schema.between(-1000, 1000)), { default: () => 0 })
 })
 
-const IdPath = Schema.Struct({ id: Schema.String })
+const IdPath = storable(Schema.Struct({ id: Schema.String }))
 
 /** An empty query parameter (`?status=`) is as good as an absent one. */
 const blank = Schema.Literal("")
@@ -38,15 +39,15 @@ export const WaitParams = Schema.Struct({
 
 /** The async task API (role client or admin; own tasks only, admin sees all). */
 export class TasksApi extends HttpApiGroup.make("tasks")
-  .add(HttpApiEndpoint.post("create", "/v1/tasks").setPayload(CreateTaskRequest).addSuccess(Task, { status: 202 }))
+  .add(HttpApiEndpoint.post("create", "/v1/tasks").setPayload(storable(CreateTaskRequest)).addSuccess(Task, { status: 202 }))
   .add(
     HttpApiEndpoint.get("list", "/v1/tasks")
-      .setUrlParams(ListParams)
+      .setUrlParams(storable(ListParams))
       .addSuccess(Schema.Struct({ data: Schema.Array(Task), nextCursor: Schema.NullOr(Schema.String) }))
   )
   .add(HttpApiEndpoint.get("get", "/v1/tasks/:id").setPath(IdPath).addSuccess(Task))
   .add(HttpApiEndpoint.get("wait", "/v1/tasks/:id/wait").setPath(IdPath).setUrlParams(WaitParams).addSuccess(Task))
   .add(HttpApiEndpoint.get("events", "/v1/tasks/:id/events").setPath(IdPath).addSuccess(Schema.String))
   .add(HttpApiEndpoint.del("cancel", "/v1/tasks/:id").setPath(IdPath).addSuccess(Task))
-  .middleware(Authorization)
+  .middleware(ClientAuthorization)
 {}

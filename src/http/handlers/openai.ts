@@ -14,7 +14,7 @@ import type { Principal } from "../../domain/Token.js"
 import { Registry } from "../../registry/Registry.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
-import { requireRole } from "../Auth.js"
+import { CurrentPrincipal } from "../Auth.js"
 import { errorResponse, toWire, wireError } from "../Errors.js"
 import * as Sse from "../Sse.js"
 import { proxyPublic } from "./proxy.js"
@@ -184,7 +184,7 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
     const infer = (path: TaskPath) =>
     ({ payload, request }: { readonly payload: Record<string, unknown>; readonly request: HttpServerRequest.HttpServerRequest }) =>
       Effect.gen(function* () {
-        const principal = yield* requireRole("client")
+        const principal = yield* CurrentPrincipal
         const model = String(payload.model)
         const rows = yield* registry.resolve(model)
         if (rows.length === 0) return yield* new ModelNotFound({ message: `the model '${model}' does not exist` })
@@ -204,7 +204,6 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
       })
 
     const modelsList = Effect.gen(function* () {
-      yield* requireRole("client")
       return { object: "list" as const, data: yield* modelEntries }
     })
 
@@ -237,7 +236,6 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
     /** One entry of the list (the SDK's `models.retrieve`); 404 ModelNotFound for a name the list lacks. */
     const modelOne = (id: string) =>
       Effect.gen(function* () {
-        yield* requireRole("client")
         const found = (yield* modelEntries).find((entry) => entry.id === id)
         if (found === undefined) return yield* new ModelNotFound({ message: `the model '${id}' does not exist` })
         return found

@@ -10,7 +10,7 @@ import { Sessions } from "../../sessions/Sessions.js"
 import { Signals } from "../../signals/Signals.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
-import { requireRole } from "../Auth.js"
+import { CurrentPrincipal } from "../Auth.js"
 import * as Sse from "../Sse.js"
 
 const frameEvent = (frame: Frame): string => {
@@ -40,7 +40,7 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
     /** The session must exist (404) and be the caller's (403; admin owns all). */
     const ownSession = (sessionId: string) =>
       Effect.gen(function* () {
-        const principal = yield* requireRole("publisher")
+        const principal = yield* CurrentPrincipal
         const owner = yield* owners.get(sessionId)
         if (Option.isNone(owner)) {
           yield* owners.invalidate(sessionId)
@@ -64,7 +64,7 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
 
     return handlers
       .handle("register", ({ payload }) =>
-        Effect.flatMap(requireRole("publisher"), (principal) => registry.register(principal.id, payload)).pipe(
+        Effect.flatMap(CurrentPrincipal, (principal) => registry.register(principal.id, payload)).pipe(
           // an open stream of the session follows its new rows' pools
           Effect.tap((registration) => signals.publishSession(registration.sessionId, { _tag: "Rows" }))
         ))

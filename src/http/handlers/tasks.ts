@@ -7,7 +7,7 @@ import type { Principal } from "../../domain/Token.js"
 import { Signals } from "../../signals/Signals.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
-import { requireRole } from "../Auth.js"
+import { CurrentPrincipal } from "../Auth.js"
 import { wireError } from "../Errors.js"
 import * as Sse from "../Sse.js"
 
@@ -37,7 +37,7 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
 
     return handlers
       .handle("create", ({ payload }) =>
-        Effect.flatMap(requireRole("client"), (principal) =>
+        Effect.flatMap(CurrentPrincipal, (principal) =>
           queue.enqueue({
             model: payload.model,
             path: payload.path,
@@ -55,7 +55,7 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
               }))
           )))
       .handle("list", ({ urlParams }) =>
-        Effect.flatMap(requireRole("client"), (principal) =>
+        Effect.flatMap(CurrentPrincipal, (principal) =>
           queue.list({
             ...(principal.role === "admin" ? {} : { ownerId: principal.id }),
             ...(urlParams.status !== undefined && urlParams.status !== "" ? { status: urlParams.status } : {}),
@@ -63,11 +63,11 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
             ...(urlParams.cursor !== undefined && urlParams.cursor !== "" ? { cursor: urlParams.cursor } : {}),
             limit: urlParams.limit === "" ? 50 : urlParams.limit
           })))
-      .handle("get", ({ path }) => Effect.flatMap(requireRole("client"), (principal) => ownTask(principal, path.id)))
+      .handle("get", ({ path }) => Effect.flatMap(CurrentPrincipal, (principal) => ownTask(principal, path.id)))
       .handle("wait", ({ path, urlParams }) =>
         Effect.scoped(
           Effect.gen(function* () {
-            const principal = yield* requireRole("client")
+            const principal = yield* CurrentPrincipal
             yield* ownTask(principal, path.id)
             const { result } = yield* queue.waitFor(path.id, Duration.millis(urlParams.timeoutMs))
             // Any terminal state is an answer here (a task that ended in its own
@@ -83,7 +83,7 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
         ))
       .handle("events", ({ path }) =>
         Effect.gen(function* () {
-          const principal = yield* requireRole("client")
+          const principal = yield* CurrentPrincipal
           yield* ownTask(principal, path.id)
           const body = Stream.unwrapScoped(
             Effect.gen(function* () {
@@ -127,7 +127,7 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
         }))
       .handle("cancel", ({ path }) =>
         Effect.gen(function* () {
-          const principal = yield* requireRole("client")
+          const principal = yield* CurrentPrincipal
           yield* ownTask(principal, path.id)
           return yield* queue.cancel(path.id, "cancelled by the client")
         }))

@@ -1,0 +1,188 @@
+/**
+ * The error contract of the HTTP API, on the real server and a real database:
+ * every failure leaves in the wire shape with its class's status (readyz's
+ * NotReady included, with the database gone), the OpenAPI document shows that
+ * shape, and U+0000 is refused while decoding, naming the field, before any
+ * statement runs.
+ */
+import { HttpServer } from "@effect/platform"
+import { SqlClient } from "@effect/sql"
+import { PgClient } from "@effect/sql-pg"
+import { Reactivity } from "@effect/experimental"
+import { assert, describe, it, layer } from "@effect/vitest"
+import { Effect, Layer, Redacted, Schedule } from "effect"
+import * as Relay from "../../src/index.js"
+import { ConfigTest } from "../support/layers.js"
+import * as TestDatabase from "../support/TestDatabase.js"
+
+const AppLive = Relay.HttpLive.pipe(
+  Layer.provideMerge(Relay.NodeServerLive({ host: "127.0.0.1", port: 0 })),
+  Layer.provideMerge(Relay.layer.pipe(Layer.provideMerge(Layer.merge(TestDatabase.layer, ConfigTest))))
+)
+
+const baseUrl = Effect.gen(function* () {
+  const address = (yield* HttpServer.HttpServer).address
+  if (address._tag !== "TcpAddress") return yield* Effect.dieMessage("expected a TCP address")
+  return `http://127.0.0.1:${address.port}`
+})
+
+const call = (path: string, init: RequestInit & { readonly token?: string } = {}) =>
+  Effect.gen(function* () {
+    const url = yield* baseUrl
+    const { token, ...rest } = init
+    return yield* Effect.promise(async () => {
+      const response = await fetch(`${url}${path}`, {
+        ...rest,
+        headers: {
+          "content-type": "application/json",
+          ...(token === undefined ? {} : { authorization: `Bearer ${token}` })
+        }
+      })
+      const text = await response.text()
+      return { status: response.status, body: text.length > 0 ? JSON.parse(text) : null }
+    })
+  })
+
+const token = (role: Relay.Role) => Effect.flatMap(Relay.Tokens, (tokens) => tokens.create({ role, name: `errors-${role}` }))
+
+/** The answer is the wire error `type`, with its snake_case code and a message matching `message`. */
+const assertWireError = (answer: Effect.Effect.Success<ReturnType<typeof call>>, status: number, type: string, message?: RegExp) => {
+  assert.strictEqual(answer.status, status, JSON.stringify(answer.body))
+  assert.deepStrictEqual(Object.keys(answer.body), ["error"])
+  const { error } = answer.body
+  assert.deepStrictEqual(Object.keys(error).sort(), ["code", "message", "type"])
+  assert.strictEqual(error.type, type)
+  assert.strictEqual(error.code, type.replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase())
+  if (message !== undefined) assert.match(error.message, message)
+}
+
+interface JsonSchema {
+  readonly $ref?: string
+  readonly anyOf?: ReadonlyArray<JsonSchema>
+  readonly type?: string
+  readonly enum?: ReadonlyArray<unknown>
+  readonly required?: ReadonlyArray<string>
+  readonly properties?: Readonly<Record<string, JsonSchema>>
+}
+
+interface OpenApiDocument {
+  readonly paths: Readonly<
+    Record<string, Readonly<Record<string, { readonly responses: Readonly<Record<string, { readonly content?: Readonly<Record<string, { readonly schema: JsonSchema }>> }>> }>>>
+  >
+  readonly components: { readonly schemas: Readonly<Record<string, JsonSchema>> }
+}
+
+layer(AppLive, { timeout: 120_000, excludeTestServices: true })("the wire error shape", (it) => {
+  it.effect("the OpenAPI document shows every error response as {error:{type,code,message}}", () =>
+    Effect.gen(function* () {
+      const spec: OpenApiDocument = (yield* call("/openapi.json")).body
+      const resolve = (schema: JsonSchema): ReadonlyArray<JsonSchema> =>
+        schema.$ref !== undefined
+          ? resolve(spec.components.schemas[schema.$ref.replace("#/components/schemas/", "")]!)
+          : schema.anyOf !== undefined
+          ? schema.anyOf.flatMap(resolve)
+          : [schema]
+      let checked = 0
+      for (const [path, operations] of Object.entries(spec.paths)) {
+        for (const [method, operation] of Object.entries(operations)) {
+          for (const [status, response] of Object.entries(operation.responses)) {
+            if (Number(status) < 400) continue
+            for (const schema of resolve(response.content!["application/json"]!.schema)) {
+              const where = `${method.toUpperCase()} ${path} ${status}`
+              assert.deepStrictEqual(schema.required, ["error"], where)
+              assert.deepStrictEqual(schema.properties?.error?.required, ["type", "code", "message"], where)
+              assert.strictEqual(schema.properties?.error?.properties?.message?.type, "string", where)
+              checked++
+            }
+          }
+        }
+      }
+      assert.isAbove(checked, 100)
+      assert.notInclude(JSON.stringify(spec), "_tag", "no error advertises the class's {_tag, message}")
+      const unavailable = resolve(spec.paths["/readyz"]!.get!.responses["503"]!.content!["application/json"]!.schema)
+      assert.deepInclude(
+        unavailable.map((schema) => schema.properties?.error?.properties?.type?.enum?.[0]),
+        "NotReady"
+      )
+      const forbidden = resolve(spec.paths["/v1/tokens"]!.post!.responses["403"]!.content!["application/json"]!.schema)
+      assert.deepStrictEqual(forbidden[0]!.properties?.error?.properties?.code?.enum, ["forbidden"])
+    }))
+
+  it.effect("U+0000 in a path, a query parameter, a cursor or a body key: 400 BadRequest naming it", () =>
+    Effect.gen(function* () {
+      const client = (yield* token("client")).token
+      const publisher = (yield* token("publisher")).token
+      const admin = (yield* token("admin")).token
+      assertWireError(yield* call("/v1/tasks/a%00b", { token: client }), 400, "BadRequest", /^id: .*NUL/)
+      assertWireError(yield* call("/v1/tasks?agentId=a%00b", { token: client }), 400, "BadRequest", /^agentId: .*NUL/)
+      const cursor = Buffer.from(`${Date.now()}:a\u0000b`).toString("base64url")
+      assertWireError(yield* call(`/v1/tasks?cursor=${cursor}`, { token: client }), 400, "BadRequest", /cursor/)
+      assertWireError(
+        yield* call("/v1/tasks", {
+          method: "POST",
+          token: client,
+          body: JSON.stringify({ model: "m", body: { messages: [{ "ro\u0000le": "user" }] } })
+        }),
+        400,
+        "BadRequest",
+        /^body\.messages\[0\]\.ro.le: .*NUL/
+      )
+      assertWireError(
+        yield* call("/v1/publishers/sessions", {
+          method: "POST",
+          token: publisher,
+          body: JSON.stringify({ providers: [{ name: "nul", model: "m", description: "a\u0000b" }] })
+        }),
+        400,
+        "BadRequest",
+        /^providers\[0\]\.description: .*NUL/
+      )
+      assertWireError(yield* call("/v1/llms/a%00b", { method: "DELETE", token: admin }), 400, "BadRequest", /^name: .*NUL/)
+      assert.strictEqual((yield* call("/v1/llms", { token: client })).status, 200)
+    }))
+
+  it.effect("each error leaves with its class's status: 404 for an unknown route, 413 PayloadTooLarge, 403 Forbidden", () =>
+    Effect.gen(function* () {
+      const client = (yield* token("client")).token
+      assertWireError(yield* call("/v1/nope", { token: client }), 404, "NotFound")
+      assertWireError(yield* call("/v1/tasks/nope", { token: client }), 404, "TaskNotFound")
+      assertWireError(yield* call("/v1/tokens", { token: client }), 403, "Forbidden", /admin role/)
+      assertWireError(yield* call("/v1/tasks"), 401, "Unauthorized")
+      const big = JSON.stringify({ model: "m", body: { text: "a".repeat(9 * 1024 * 1024) } })
+      assertWireError(yield* call("/v1/tasks", { method: "POST", token: client, body: big }), 413, "PayloadTooLarge")
+    }))
+})
+
+/** Statements on the server's maintenance database, as its superuser. */
+const onServer = <A>(f: (sql: SqlClient.SqlClient) => Effect.Effect<A, unknown>) =>
+  Effect.scoped(
+    Effect.flatMap(PgClient.make({ url: Redacted.make(TestDatabase.serverUrl()), maxConnections: 1 }), f)
+  ).pipe(Effect.provide(Reactivity.layer), Effect.orDie)
+
+describe("readiness", () => {
+  it.live("GET /readyz with the database gone: 503 NotReady in the wire shape, 200 again once it is back", () =>
+    Effect.gen(function* () {
+      assert.deepStrictEqual(yield* call("/readyz"), { status: 200, body: { status: "ready" } })
+      const sql = yield* SqlClient.SqlClient
+      const [{ name }] = yield* sql<{ name: string }>`SELECT current_database() AS name`
+      // no new connections, and the broker's open ones ended: the database is gone for the broker
+      yield* Effect.acquireRelease(
+        onServer((admin) =>
+          Effect.zipRight(
+            admin`ALTER DATABASE ${admin(name)} WITH ALLOW_CONNECTIONS false`,
+            admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ${name}`
+          )
+        ),
+        () => onServer((admin) => admin`ALTER DATABASE ${admin(name)} WITH ALLOW_CONNECTIONS true`)
+      )
+      assertWireError(yield* call("/readyz"), 503, "NotReady", /database/)
+      assertWireError(yield* call("/readyz"), 503, "NotReady", /database/)
+      yield* onServer((admin) => admin`ALTER DATABASE ${admin(name)} WITH ALLOW_CONNECTIONS true`)
+      const back = yield* call("/readyz").pipe(
+        Effect.filterOrFail((answer) => answer.status === 200),
+        Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 }),
+        Effect.orElse(() => call("/readyz"))
+      )
+      assert.deepStrictEqual(back, { status: 200, body: { status: "ready" } })
+    }).pipe(Effect.scoped, Effect.provide(AppLive)), 120_000)
+})
