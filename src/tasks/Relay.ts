@@ -80,7 +80,7 @@ export type TaskUpdate = Data.TaggedEnum<{
   /** The task as it ended. */
   Done: { readonly task: Task }
   /** It was deleted under the follower (retention). */
-  Gone: { readonly taskId: string }
+  Gone: { readonly taskId: TaskId }
 }>
 export const TaskUpdate = Data.taggedEnum<TaskUpdate>()
 
@@ -105,15 +105,15 @@ export interface RelayShape {
     request: Omit<ListRequest, "ownerId">
   ) => Effect.Effect<{ readonly data: ReadonlyArray<Task>; readonly nextCursor: string | null }, BadRequest>
   /** One of the principal's tasks; another owner's is TaskNotFound too, so ids cannot be probed. */
-  readonly get: (principal: Principal, taskId: string) => Effect.Effect<Task, TaskNotFound>
+  readonly get: (principal: Principal, taskId: TaskId) => Effect.Effect<Task, TaskNotFound>
   /** The task once it ends, in any state; Timeout when it has not within `timeoutMs`. */
-  readonly wait: (principal: Principal, taskId: string, timeoutMs: number) => Effect.Effect<Task, TaskNotFound | Timeout>
+  readonly wait: (principal: Principal, taskId: TaskId, timeoutMs: number) => Effect.Effect<Task, TaskNotFound | Timeout>
   /** The task now, each move while it is live, its output, and how it ended. */
   readonly follow: (
     principal: Principal,
-    taskId: string
+    taskId: TaskId
   ) => Effect.Effect<Stream.Stream<TaskUpdate, TaskNotFound>, TaskNotFound>
-  readonly cancel: (principal: Principal, taskId: string) => Effect.Effect<Task, TaskNotFound>
+  readonly cancel: (principal: Principal, taskId: TaskId) => Effect.Effect<Task, TaskNotFound>
 }
 
 /** Long enough that a follower sees a task to its end (the task's own timeouts end it). */
@@ -253,7 +253,7 @@ export const make = Effect.gen(function* () {
         return Answer.Streaming({
           taskId,
           chunks: Stream.concat(head, Stream.repeatEffectChunkOption(pull)).pipe(
-            Stream.concat(Stream.drain(Stream.fromEffect(end))),
+            Stream.concat(Stream.execute(end)),
             Stream.ensuring(Effect.flatMap(Ref.get(finished), (done) => (done ? Effect.void : clientGone)))
           )
         })
@@ -262,7 +262,7 @@ export const make = Effect.gen(function* () {
     })
 
   /** Another owner's task is a 404, so ids cannot be probed. */
-  const get = (principal: Principal, id: string) =>
+  const get = (principal: Principal, id: TaskId) =>
     Effect.flatMap(queue.get(id), (task) =>
       Option.isSome(task) && (principal.role === "admin" || task.value.ownerId === principal.id)
         ? Effect.succeed(task.value)
@@ -274,7 +274,7 @@ export const make = Effect.gen(function* () {
       onSome: Effect.succeed
     }))
 
-  const wait = (principal: Principal, id: string, timeoutMs: number) =>
+  const wait = (principal: Principal, id: TaskId, timeoutMs: number) =>
     Effect.scoped(
       Effect.gen(function* () {
         yield* get(principal, id)
@@ -291,7 +291,7 @@ export const make = Effect.gen(function* () {
       })
     )
 
-  const follow = (principal: Principal, id: string) =>
+  const follow = (principal: Principal, id: TaskId) =>
     Effect.as(
       get(principal, id),
       Stream.unwrapScoped(

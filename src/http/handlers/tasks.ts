@@ -2,7 +2,7 @@
 import { HttpApiBuilder, HttpServerResponse } from "@effect/platform"
 import { Effect, Schema, Stream } from "effect"
 import { RelayConfig } from "../../config.js"
-import { Task } from "../../domain/Task.js"
+import { Task, TaskId } from "../../domain/Task.js"
 import { Relay, type TaskUpdate } from "../../tasks/Relay.js"
 import { RelayApi } from "../Api.js"
 import { requireRole } from "../Auth.js"
@@ -57,18 +57,18 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
             ...(urlParams.cursor !== undefined && urlParams.cursor !== "" ? { cursor: urlParams.cursor } : {}),
             limit: urlParams.limit === "" ? 50 : urlParams.limit
           })))
-      .handle("get", ({ path }) => Effect.flatMap(requireRole("client"), (principal) => relay.get(principal, path.id)))
+      .handle("get", ({ path }) => Effect.flatMap(requireRole("client"), (principal) => relay.get(principal, TaskId.make(path.id))))
       .handle("wait", ({ path, urlParams }) =>
-        Effect.flatMap(requireRole("client"), (principal) => relay.wait(principal, path.id, urlParams.timeoutMs)))
+        Effect.flatMap(requireRole("client"), (principal) => relay.wait(principal, TaskId.make(path.id), urlParams.timeoutMs)))
       .handle("events", ({ path }) =>
         Effect.gen(function* () {
           const principal = yield* requireRole("client")
-          const updates = yield* relay.follow(principal, path.id)
+          const updates = yield* relay.follow(principal, TaskId.make(path.id))
           return Sse.response(Stream.merge(Stream.map(updates, updateEvent), keepalive, { haltStrategy: "left" }))
         }))
       .handle("cancel", ({ path }) =>
         Effect.gen(function* () {
           const principal = yield* requireRole("client")
-          return yield* relay.cancel(principal, path.id)
+          return yield* relay.cancel(principal, TaskId.make(path.id))
         }))
   }))
