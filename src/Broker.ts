@@ -11,6 +11,7 @@ import { Registry } from "./registry/Registry.js"
 import { Sessions } from "./sessions/Sessions.js"
 import { Signals } from "./signals/Signals.js"
 import { Sweeper } from "./sweeper/Sweeper.js"
+import { Relay } from "./tasks/Relay.js"
 import { TaskQueue } from "./tasks/TaskQueue.js"
 import { Tokens } from "./tokens/Tokens.js"
 
@@ -22,8 +23,8 @@ export const startup = Effect.gen(function* () {
   yield* queue.startupRecovery
 })
 
-/** Registry, Tokens, Signals, TaskQueue and Sessions (no background fibers). */
-export const services = Sessions.layer.pipe(
+/** Registry, Tokens, Signals, TaskQueue, Relay and Sessions (no background fibers). */
+export const services = Layer.merge(Sessions.layer, Relay.layer).pipe(
   Layer.provideMerge(TaskQueue.layer),
   Layer.provideMerge(Signals.layerLocal),
   Layer.provideMerge(Layer.merge(Registry.layer, Tokens.layer))
@@ -34,7 +35,7 @@ export const services = Sessions.layer.pipe(
  * the sweeper in the layer's scope.
  */
 export const layer: Layer.Layer<
-  Registry | Tokens | Signals | TaskQueue | Sessions | Sweeper,
+  Registry | Tokens | Signals | TaskQueue | Relay | Sessions | Sweeper,
   never,
   SqlClient.SqlClient | RelayConfig | InstanceId
 > = Sweeper.layer.pipe(

@@ -10,17 +10,33 @@
  * (client gone, DELETE, heartbeat timeout) the session unbinds: rows inactive,
  * held tasks revert or fail.
  */
-import { Context, Effect, Fiber, Layer, Mailbox, Option, Queue, Ref, type Scope, type Stream } from "effect"
+import { Cache, Context, Duration, Effect, Fiber, FiberMap, Layer, Mailbox, Option, Queue, Ref, type Scope, type Stream } from "effect"
 import { RelayConfig } from "../config.js"
+import { Forbidden } from "../domain/Errors.js"
 import type { Frame } from "../domain/Frames.js"
-import type { Llm, SessionNotFound } from "../domain/Llm.js"
+import { type Llm, type Registration, SessionNotFound } from "../domain/Llm.js"
+import type { Principal } from "../domain/Token.js"
 import { Registry } from "../registry/Registry.js"
 import { Signals } from "../signals/Signals.js"
 import { TaskQueue } from "../tasks/TaskQueue.js"
 
-interface Actor {
-  readonly mailbox: Mailbox.Mailbox<Frame>
-  readonly fiber: Fiber.RuntimeFiber<void>
+type RegisterError = Effect.Effect.Error<ReturnType<Context.Tag.Service<Registry>["register"]>>
+
+export interface SessionsShape {
+  /** Register (or re-register) a session's providers; an open stream of the session follows its new rows' pools. */
+  readonly register: (principal: Principal, request: unknown) => Effect.Effect<Registration, RegisterError>
+  /** The session must exist (SessionNotFound) and be the principal's (Forbidden; an admin owns all). */
+  readonly authorize: (principal: Principal, sessionId: string) => Effect.Effect<void, SessionNotFound | Forbidden>
+  /**
+   * Opens the session's task stream in the caller's Scope, replacing a stream
+   * already open for it. Closing that scope ends the session, unless a newer
+   * stream has replaced this one.
+   */
+  readonly open: (sessionId: string) => Effect.Effect<Stream.Stream<Frame>, SessionNotFound, Scope.Scope>
+  /** Goodbye or heartbeat timeout: end the stream if open here, and unbind either way. */
+  readonly close: (sessionId: string) => Effect.Effect<void>
+  /** Whether the session's stream is open on this broker. */
+  readonly isOpen: (sessionId: string) => Effect.Effect<boolean>
 }
 
 export const make = Effect.gen(function* () {
@@ -28,8 +44,41 @@ export const make = Effect.gen(function* () {
   const queue = yield* TaskQueue
   const signals = yield* Signals
   const config = yield* RelayConfig
-  /** The current actor of each session open on this broker. */
-  const actors = new Map<string, Actor>()
+  /**
+   * The actor of each session open on this broker. Running a new one for a
+   * session interrupts the old; closing the layer's scope interrupts them all.
+   */
+  const actors = yield* FiberMap.make<string>()
+
+  /**
+   * A session's owner never changes (registration refuses another
+   * principal), so it is remembered: publisher posts, the hot path, then
+   * cost no extra query.
+   */
+  const owners = yield* Cache.make({
+    capacity: 100_000,
+    timeToLive: Duration.minutes(10),
+    lookup: (sessionId: string) => Effect.map(registry.findSession(sessionId), Option.map((s) => s.principalId))
+  })
+
+  const authorize = (principal: Principal, sessionId: string) =>
+    Effect.gen(function* () {
+      const owner = yield* owners.get(sessionId)
+      if (Option.isNone(owner)) {
+        yield* owners.invalidate(sessionId)
+        return yield* new SessionNotFound({ message: `no publisher session '${sessionId}'` })
+      }
+      if (principal.role !== "admin" && owner.value !== principal.id) {
+        return yield* new Forbidden({ message: `session '${sessionId}' belongs to another principal` })
+      }
+    })
+
+  const register = (principal: Principal, request: unknown) =>
+    Effect.tap(
+      registry.register(principal.id, request),
+      // an open stream of the session follows its new rows' pools
+      (registration) => signals.publishSession(registration.sessionId, { _tag: "Rows" })
+    )
 
   /** Rows inactive, held tasks reverted: the session is offline. */
   const unbind = (sessionId: string) =>
@@ -91,65 +140,51 @@ export const make = Effect.gen(function* () {
         }
       })
     ).pipe(
-      Effect.catchAllCause((cause) =>
-        Effect.zipRight(Effect.logError(`session ${sessionId} actor failed`, cause), mailbox.end)
-      ),
+      Effect.catchAllCause((cause) => Effect.logError(`session ${sessionId} actor failed`, cause)),
       Effect.asVoid
     )
 
   /**
-   * Opens the session's task stream in the caller's Scope. Closing that scope
-   * ends the session, unless a newer stream has replaced this one.
+   * One actor's whole life. As it ends its stream ends too, and the session
+   * unbinds, unless another actor now runs for it (a second stream replaced
+   * this one) or the broker is shutting down (the map is closed): then the
+   * session stays bound.
    */
+  const actor = (sessionId: string, mailbox: Mailbox.Mailbox<Frame>) =>
+    Effect.withFiberRuntime<void>((self) =>
+      Effect.ensuring(
+        run(sessionId, mailbox),
+        Effect.zipRight(
+          mailbox.end,
+          Effect.suspend(() => {
+            const current = FiberMap.unsafeGet(actors, sessionId)
+            return Option.isSome(current) && current.value === self ? unbind(sessionId) : Effect.void
+          })
+        )
+      ))
+
   const open = Effect.fn("Sessions.open")(function* (sessionId: string) {
     yield* registry.getSession(sessionId)
-    const previous = actors.get(sessionId)
-    if (previous !== undefined) {
-      actors.delete(sessionId)
-      yield* previous.mailbox.end
-      yield* Fiber.interrupt(previous.fiber)
-    }
     const mailbox = yield* Mailbox.make<Frame>()
-    const fiber = yield* Effect.forkDaemon(run(sessionId, mailbox))
-    const actor: Actor = { mailbox, fiber }
-    actors.set(sessionId, actor)
-    yield* Effect.addFinalizer(() =>
-      actors.get(sessionId) === actor
-        ? Effect.zipRight(stop(sessionId, actor), unbind(sessionId))
-        : Effect.void
-    )
+    // a second stream replaces the first: running this actor interrupts the old one
+    const fiber = yield* FiberMap.run(actors, sessionId, actor(sessionId, mailbox))
+    // the client gone: the actor stops, and unbinds the session unless replaced by then
+    yield* Effect.addFinalizer(() => Fiber.interrupt(fiber))
     return Mailbox.toStream(mailbox)
   })
 
-  const stop = (sessionId: string, actor: Actor) =>
-    Effect.gen(function* () {
-      if (actors.get(sessionId) === actor) actors.delete(sessionId)
-      yield* actor.mailbox.end
-      yield* Fiber.interrupt(actor.fiber)
-    })
-
-  /** Goodbye or heartbeat timeout: end the stream if open here, and unbind either way. */
   const close = Effect.fn("Sessions.close")(function* (sessionId: string) {
-    const actor = actors.get(sessionId)
-    if (actor !== undefined) yield* stop(sessionId, actor)
+    // open here: its actor stops and unbinds the session as it goes
+    if (yield* FiberMap.has(actors, sessionId)) return yield* FiberMap.remove(actors, sessionId)
     yield* unbind(sessionId)
   })
 
-  const isOpen = (sessionId: string) => Effect.sync(() => actors.has(sessionId))
+  const isOpen = (sessionId: string) => FiberMap.has(actors, sessionId)
 
-  /** At shutdown: end every stream here (sessions unbind via their scopes, or at the next start). */
-  yield* Effect.addFinalizer(() =>
-    Effect.forEach([...actors.entries()], ([id, actor]) => stop(id, actor), { discard: true })
-  )
-
-  return { open, close, isOpen } as const
+  return { register, authorize, open, close, isOpen } satisfies SessionsShape
 })
 
-export class Sessions extends Context.Tag("llm-relay/Sessions")<Sessions, {
-  readonly open: (sessionId: string) => Effect.Effect<Stream.Stream<Frame>, SessionNotFound, Scope.Scope>
-  readonly close: (sessionId: string) => Effect.Effect<void>
-  readonly isOpen: (sessionId: string) => Effect.Effect<boolean>
-}>() {
+export class Sessions extends Context.Tag("llm-relay/Sessions")<Sessions, SessionsShape>() {
   /** Needs the `Registry`, `TaskQueue`, `Signals` and `RelayConfig`. */
   static readonly layer = Layer.scoped(this, make)
 }

@@ -6,16 +6,26 @@
  * (one broker); a LISTEN/NOTIFY one would keep the same interface.
  */
 import { Context, Effect, Layer, Queue, type Scope } from "effect"
-import type { TaskStatus } from "../domain/Task.js"
-import type { TaskRow } from "../tasks/Repo.js"
+import type { Task, TaskStatus } from "../domain/Task.js"
+
+/**
+ * How a task ended, as much as its waiters need (so they need not read the
+ * row): the task, why it failed (`inference_tasks.error_type`) and how many
+ * output batches it has.
+ */
+export interface TaskEnding {
+  readonly task: Task
+  readonly errorType: string | null
+  readonly chunkCount: number
+}
 
 export type TaskEvent =
   /** A batch of output, `seq` counting batches from 1. */
   | { readonly _tag: "Chunks"; readonly seq: number; readonly chunks: ReadonlyArray<string> }
   /** The task's row changed to `status` (a waiter re-reads the row only when it is terminal). */
   | { readonly _tag: "Changed"; readonly status: TaskStatus }
-  /** The task ended; the row as it ended travels along, so waiters need not read it. */
-  | { readonly _tag: "Finished"; readonly row: TaskRow }
+  /** The task ended; how it ended travels along, so waiters need not read the row. */
+  | { readonly _tag: "Finished"; readonly ending: TaskEnding }
 
 export type SessionEvent =
   | { readonly _tag: "Cancel"; readonly taskId: string; readonly reason: string }
@@ -44,7 +54,7 @@ const keyedHub = <A>() => {
       const set = subscribers.get(key)
       if (set !== undefined) for (const queue of set) Queue.unsafeOffer(queue, value)
     })
-  const subscribe = (key: string) =>
+  const subscribe = (key: string): Effect.Effect<Queue.Dequeue<A>, never, Scope.Scope> =>
     Effect.acquireRelease(
       Effect.tap(Queue.unbounded<A>(), (queue) =>
         Effect.sync(() => {
@@ -61,7 +71,7 @@ const keyedHub = <A>() => {
           }),
           Queue.shutdown(queue)
         )
-    ) as Effect.Effect<Queue.Dequeue<A>, never, Scope.Scope>
+    )
   return { publish, subscribe }
 }
 

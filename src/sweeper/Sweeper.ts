@@ -7,9 +7,14 @@
  */
 import { Context, Effect, Layer, Schedule } from "effect"
 import { RelayConfig } from "../config.js"
-import { Registry } from "../registry/Registry.js"
+import { Registry, type SweepResult } from "../registry/Registry.js"
 import { Sessions } from "../sessions/Sessions.js"
-import { TaskQueue } from "../tasks/TaskQueue.js"
+import { TaskQueue, type TaskSweepResult } from "../tasks/TaskQueue.js"
+
+export interface SweeperShape {
+  /** One pass: the registry half (stale sessions closed), then the task half. */
+  readonly sweepOnce: Effect.Effect<{ readonly llms: SweepResult; readonly tasks: TaskSweepResult }>
+}
 
 export const make = Effect.gen(function* () {
   const registry = yield* Registry
@@ -23,10 +28,10 @@ export const make = Effect.gen(function* () {
     return { llms, tasks }
   }).pipe(Effect.withSpan("Sweeper.sweepOnce"))
 
-  return { sweepOnce } as const
+  return { sweepOnce } satisfies SweeperShape
 })
 
-export class Sweeper extends Context.Tag("llm-relay/Sweeper")<Sweeper, Effect.Effect.Success<typeof make>>() {
+export class Sweeper extends Context.Tag("llm-relay/Sweeper")<Sweeper, SweeperShape>() {
   /** The service alone: `sweepOnce` on demand, no background fiber. */
   static readonly layerManual = Layer.effect(this, make)
 

@@ -27,7 +27,7 @@ import {
   UpstreamError
 } from "../domain/Task.js"
 import { Registry } from "../registry/Registry.js"
-import { Signals, type TaskEvent } from "../signals/Signals.js"
+import { Signals, type TaskEnding, type TaskEvent } from "../signals/Signals.js"
 import { type Holder, type Moved, taskFromRow, TaskRepo, type TaskRow } from "./Repo.js"
 
 export interface EnqueueRequest {
@@ -66,8 +66,6 @@ export interface Waiter {
   readonly result: Effect.Effect<Task, WaitError>
 }
 
-const PENDING_EXPIRED = "no publisher took the task within 1h"
-
 /** The keyset cursor of a listing: the last task's creation time and id. */
 const encodeCursor = (row: TaskRow) => Buffer.from(`${row.createdAt.getTime()}:${row.id}`).toString("base64url")
 const decodeCursor = (cursor: string) => {
@@ -80,16 +78,86 @@ const decodeCursor = (cursor: string) => {
     : Option.none()
 }
 
+/** What a claim took for a session (see `TaskQueue.claim`). */
+export interface Claimed {
+  readonly frames: ReadonlyArray<TaskFrame>
+  /** Some row reached its free capacity: pending work may be left for it. */
+  readonly full: boolean
+  /** A full row sits next to one with room, which may have lost a task to it: look again at once. */
+  readonly retry: boolean
+}
+
+/** What one pass of the task sweep did. */
+export interface TaskSweepResult {
+  readonly reverted: number
+  readonly expired: number
+  readonly timedOut: number
+  readonly deleted: number
+}
+
+/** Why a publisher's post for a task matched nothing. */
+export type PostError = TaskNotFound | TaskCancelled | TaskAlreadyTerminal | TaskNotHeld
+
+export interface TaskQueueShape {
+  /** Where a model's tasks are queued (ModelNotFound, or NotVirtual for a model no publisher serves). */
+  readonly route: (model: string, known?: ReadonlyArray<Llm>) => Effect.Effect<Route, ModelNotFound | NotVirtual>
+  /** Queues a task; a `route` from `route` saves looking the model up again. */
+  readonly enqueue: (request: EnqueueRequest, routed?: Route) => Effect.Effect<Task, ModelNotFound | NotVirtual>
+  readonly get: (id: string) => Effect.Effect<Option.Option<Task>>
+  readonly findPendingForPools: (pools: ReadonlyArray<string>, limit?: number) => Effect.Effect<ReadonlyArray<Task>>
+  readonly list: (
+    request: ListRequest
+  ) => Effect.Effect<{ readonly data: ReadonlyArray<Task>; readonly nextCursor: string | null }, BadRequest>
+  /** Enqueue and follow in one go, the waiter subscribed before the insert. */
+  readonly submit: (
+    request: EnqueueRequest,
+    routed: Route,
+    timeout: Duration.DurationInput
+  ) => Effect.Effect<{ readonly task: Task; readonly waiter: Waiter }, never, Scope.Scope>
+  readonly claim: (sessionId: string) => Effect.Effect<Claimed>
+  readonly claimFor: (sessionId: string) => Effect.Effect<ReadonlyArray<TaskFrame>>
+  readonly ack: (sessionId: string, taskId: string, attempt?: number) => Effect.Effect<void, PostError>
+  readonly appendChunks: (
+    sessionId: string,
+    taskId: string,
+    chunks: ReadonlyArray<string>,
+    attempt?: number
+  ) => Effect.Effect<void, PostError>
+  readonly complete: (
+    sessionId: string,
+    taskId: string,
+    result: { readonly status: number; readonly body?: unknown },
+    attempt?: number
+  ) => Effect.Effect<void, PostError>
+  readonly fail: (
+    sessionId: string,
+    taskId: string,
+    error: { readonly message: string; readonly status: number; readonly body?: unknown },
+    attempt?: number
+  ) => Effect.Effect<void, PostError>
+  /** Cancels a live task (its holder gets `cancel`); a finished task is returned as it is. */
+  readonly cancel: (taskId: string, reason: string) => Effect.Effect<Task, TaskNotFound>
+  /** The session is gone: its held tasks revert or fail; how many moved. */
+  readonly revertHeldBy: (sessionId: string) => Effect.Effect<number>
+  readonly startupRecovery: Effect.Effect<number>
+  readonly sweep: Effect.Effect<TaskSweepResult>
+  /** Follows a task until it ends or `timeout` passes; the follower lives in the Scope. */
+  readonly waitFor: (taskId: string, timeout: Duration.DurationInput) => Effect.Effect<Waiter, TaskNotFound, Scope.Scope>
+}
+
+/** How a row ended, for the waiters of its task. */
+const endingOf = (row: TaskRow): TaskEnding => ({ task: taskFromRow(row), errorType: row.errorType, chunkCount: row.chunkCount })
+
 /** What a terminal task means to someone waiting for its answer. */
-export const outcome = (row: TaskRow): Effect.Effect<Task, WaitError> => {
-  const message = row.errorMessage ?? `task '${row.id}' ended ${row.status}`
-  switch (row.status) {
+export const outcome = ({ errorType, task }: TaskEnding): Effect.Effect<Task, WaitError> => {
+  const message = task.errorMessage ?? `task '${task.id}' ended ${task.status}`
+  switch (task.status) {
     case "completed":
-      return Effect.succeed(taskFromRow(row))
+      return Effect.succeed(task)
     case "cancelled":
       return Effect.fail(new TaskCancelled({ message }))
     default:
-      switch (row.errorType) {
+      switch (errorType) {
         case "Timeout":
           return Effect.fail(new Timeout({ message }))
         case "Expired":
@@ -101,8 +169,8 @@ export const outcome = (row: TaskRow): Effect.Effect<Task, WaitError> => {
           return Effect.fail(
             new UpstreamError({
               message,
-              status: row.responseStatus ?? 502,
-              ...(row.responseBody !== null && row.responseBody !== undefined ? { body: row.responseBody } : {})
+              status: task.responseStatus ?? 502,
+              ...(task.responseBody !== null && task.responseBody !== undefined ? { body: task.responseBody } : {})
             })
           )
       }
@@ -115,6 +183,8 @@ export const make = Effect.gen(function* () {
   const signals = yield* Signals
   const config = yield* RelayConfig
   const instanceId = yield* InstanceId
+
+  const pendingExpired = `no publisher took the task within ${Duration.format(config.pendingTimeout)}`
 
   const changed = (taskId: string, status: TaskStatus) => signals.publishTask(taskId, { _tag: "Changed", status })
 
@@ -303,7 +373,7 @@ export const make = Effect.gen(function* () {
 
   const finished = (sessionId: string, row: TaskRow) =>
     Effect.zipRight(
-      signals.publishTask(row.id, { _tag: "Finished", row }),
+      signals.publishTask(row.id, { _tag: "Finished", ending: endingOf(row) }),
       signals.publishSession(sessionId, { _tag: "Freed" })
     )
 
@@ -335,7 +405,7 @@ export const make = Effect.gen(function* () {
     const cancelled = yield* repo.cancel(taskId, reason, yield* now)
     if (Option.isSome(cancelled)) {
       const row = cancelled.value
-      yield* signals.publishTask(taskId, { _tag: "Finished", row })
+      yield* signals.publishTask(taskId, { _tag: "Finished", ending: endingOf(row) })
       if (row.claimedBy !== null) {
         yield* signals.publishSession(row.claimedBy, { _tag: "Cancel", taskId, reason })
         yield* signals.publishSession(row.claimedBy, { _tag: "Freed" })
@@ -373,7 +443,7 @@ export const make = Effect.gen(function* () {
     const atDate = new Date(at)
     const unacked = yield* repo.revertUnacked(cutoff(at, config.claimAckTimeout), config.maxAttempts, atDate)
     yield* announce(unacked, "the task was not acknowledged in time and went to another publisher")
-    const expired = yield* repo.expirePending(cutoff(at, config.pendingTimeout), PENDING_EXPIRED, atDate)
+    const expired = yield* repo.expirePending(cutoff(at, config.pendingTimeout), pendingExpired, atDate)
     yield* announce(expired)
     const timedOut = yield* repo.timeoutRunning(
       cutoff(at, config.runningTimeout),
@@ -432,15 +502,16 @@ export const make = Effect.gen(function* () {
           return mailbox.offerAll(batch.chunks)
         }, { discard: true })
       const replay = Effect.suspend(() => Effect.flatMap(repo.chunksFrom(taskId, nextSeq), deliver))
-      /** Catch up from the row: replay batches not seen yet; end if it is terminal. */
-      const catchUp = (row: TaskRow) =>
+      /** Catch up: replay batches not seen yet (of `chunkCount` so far); end if the task ended. */
+      const catchUp = (chunkCount: number, ending: TaskEnding | undefined) =>
         Effect.gen(function* () {
-          if (row.chunkCount >= nextSeq) yield* replay
-          if (!isTerminal(row.status)) return false
+          if (chunkCount >= nextSeq) yield* replay
+          if (ending === undefined) return false
           yield* mailbox.end
-          yield* Deferred.complete(result, outcome(row))
+          yield* Deferred.complete(result, outcome(ending))
           return true
         })
+      const catchUpRow = (row: TaskRow) => catchUp(row.chunkCount, isTerminal(row.status) ? endingOf(row) : undefined)
       const check = Effect.flatMap(repo.find(taskId), (row) =>
         Option.isNone(row)
           ? Effect.as(
@@ -448,7 +519,7 @@ export const make = Effect.gen(function* () {
             Effect.zipRight(mailbox.end, Deferred.fail(result, new TaskCancelled({ message: `task '${taskId}' is gone` }))),
             true
           )
-          : catchUp(row.value))
+          : catchUpRow(row.value))
 
       // Signals say what changed, so only a gap in the batches or a terminal
       // status costs a read; the poll re-reads in case a signal was missed.
@@ -457,12 +528,12 @@ export const make = Effect.gen(function* () {
           if (event.seq === nextSeq) return Effect.as(deliver([event]), false)
           return event.seq < nextSeq ? Effect.succeed(false) : check
         }
-        if (event._tag === "Finished") return catchUp(event.row)
+        if (event._tag === "Finished") return catchUp(event.ending.chunkCount, event.ending)
         return isTerminal(event.status) ? check : Effect.succeed(false)
       }
 
       const follow = Effect.gen(function* () {
-        if (yield* catchUp(initialRow)) return
+        if (yield* catchUpRow(initialRow)) return
         while (true) {
           const event = yield* Queue.take(events).pipe(Effect.timeout(config.pollInterval), Effect.option)
           if (yield* (Option.isSome(event) ? onEvent(event.value) : check)) return
@@ -494,14 +565,11 @@ export const make = Effect.gen(function* () {
     revertHeldBy,
     startupRecovery,
     sweep,
-    waitFor: waitFor as (
-      taskId: string,
-      timeout: Duration.DurationInput
-    ) => Effect.Effect<Waiter, TaskNotFound, Scope.Scope>
-  } as const
+    waitFor
+  } satisfies TaskQueueShape
 })
 
-export class TaskQueue extends Context.Tag("llm-relay/TaskQueue")<TaskQueue, Effect.Effect.Success<typeof make>>() {
+export class TaskQueue extends Context.Tag("llm-relay/TaskQueue")<TaskQueue, TaskQueueShape>() {
   /** Needs a `SqlClient`, `RelayConfig`, `InstanceId`, `Signals` and the `Registry`. */
   static readonly layer = Layer.effect(this, make).pipe(Layer.provide(TaskRepo.layer))
 }

@@ -1,13 +1,10 @@
 import { HttpApiBuilder } from "@effect/platform"
-import { Cache, Duration, Effect, Option, Schedule, Stream } from "effect"
+import { Effect, Schedule, Stream } from "effect"
 import { RelayConfig } from "../../config.js"
-import { Forbidden } from "../../domain/Errors.js"
 import type { Frame } from "../../domain/Frames.js"
-import { SessionNotFound } from "../../domain/Llm.js"
 import { Registry } from "../../registry/Registry.js"
 import { TaskAlreadyTerminal, TaskNotHeld } from "../../domain/Task.js"
 import { Sessions } from "../../sessions/Sessions.js"
-import { Signals } from "../../signals/Signals.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
 import { CurrentPrincipal } from "../Auth.js"
@@ -23,33 +20,11 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
     const registry = yield* Registry
     const sessions = yield* Sessions
     const queue = yield* TaskQueue
-    const signals = yield* Signals
     const config = yield* RelayConfig
-
-    /**
-     * A session's owner never changes (registration refuses another
-     * principal), so it is remembered: publisher posts, the hot path, then
-     * cost no extra query.
-     */
-    const owners = yield* Cache.make({
-      capacity: 100_000,
-      timeToLive: Duration.minutes(10),
-      lookup: (sessionId: string) => Effect.map(registry.findSession(sessionId), Option.map((s) => s.principalId))
-    })
 
     /** The session must exist (404) and be the caller's (403; admin owns all). */
     const ownSession = (sessionId: string) =>
-      Effect.gen(function* () {
-        const principal = yield* CurrentPrincipal
-        const owner = yield* owners.get(sessionId)
-        if (Option.isNone(owner)) {
-          yield* owners.invalidate(sessionId)
-          return yield* new SessionNotFound({ message: `no publisher session '${sessionId}'` })
-        }
-        if (principal.role !== "admin" && owner.value !== principal.id) {
-          return yield* new Forbidden({ message: `session '${sessionId}' belongs to another principal` })
-        }
-      })
+      Effect.flatMap(CurrentPrincipal, (principal) => sessions.authorize(principal, sessionId))
 
     /**
      * The queue tells "ended" (TaskAlreadyTerminal) from "someone else's"; on
@@ -64,10 +39,7 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
 
     return handlers
       .handle("register", ({ payload }) =>
-        Effect.flatMap(CurrentPrincipal, (principal) => registry.register(principal.id, payload)).pipe(
-          // an open stream of the session follows its new rows' pools
-          Effect.tap((registration) => signals.publishSession(registration.sessionId, { _tag: "Rows" }))
-        ))
+        Effect.flatMap(CurrentPrincipal, (principal) => sessions.register(principal, payload)))
       .handle("stream", ({ path }) =>
         Effect.gen(function* () {
           yield* ownSession(path.sessionId)
