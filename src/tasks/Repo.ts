@@ -132,14 +132,14 @@ export const make = Effect.gen(function* () {
 
   const insert = (task: NewTask, at: Date) =>
     first(sql`
-      INSERT INTO inference_tasks (id, pool, llm_name, model, tier, path, streaming, priority, request_body,
+      INSERT INTO llm_relay.inference_tasks (id, pool, llm_name, model, tier, path, streaming, priority, request_body,
                                    owner_id, agent_id, created_at, updated_at)
       VALUES (${task.id}, ${task.pool}, ${task.llmName}, ${task.model}, ${task.tier}, ${task.path},
               ${task.streaming}, ${task.priority}, ${json(task.requestBody)}::jsonb, ${task.ownerId},
               ${task.agentId}, ${at}, ${at})
       RETURNING *`).pipe(Effect.map(Option.getOrThrow))
 
-  const find = (id: string) => first(sql`SELECT * FROM inference_tasks WHERE id = ${id}`)
+  const find = (id: string) => first(sql`SELECT * FROM llm_relay.inference_tasks WHERE id = ${id}`)
 
   const list = (filter: ListFilter) => {
     const where: Array<Statement.Fragment> = []
@@ -148,7 +148,7 @@ export const make = Effect.gen(function* () {
     if (filter.agentId !== undefined) where.push(sql`agent_id = ${filter.agentId}`)
     if (filter.after !== undefined) where.push(sql`(created_at, id) < (${filter.after.createdAt}, ${filter.after.id})`)
     return rows(sql`
-      SELECT * FROM inference_tasks
+      SELECT * FROM llm_relay.inference_tasks
       ${where.length > 0 ? sql`WHERE ${sql.and(where)}` : sql``}
       ORDER BY created_at DESC, id DESC
       LIMIT ${filter.limit}`)
@@ -157,7 +157,7 @@ export const make = Effect.gen(function* () {
   /** Pending tasks of these pools in the order a claim takes them (read only). */
   const findPendingForPools = (pools: ReadonlyArray<string>, limit: number) =>
     rows(sql`
-      SELECT * FROM inference_tasks
+      SELECT * FROM llm_relay.inference_tasks
       WHERE status = 'pending' AND pool = ANY(${pools})
       ORDER BY priority DESC, created_at, seq
       LIMIT ${limit}`)
@@ -187,10 +187,10 @@ export const make = Effect.gen(function* () {
     sql`
       WITH cap AS MATERIALIZED (
         SELECT l.name, l.pool, l.model,
-               l.max_concurrent - (SELECT count(*) FROM inference_tasks t
+               l.max_concurrent - (SELECT count(*) FROM llm_relay.inference_tasks t
                                    WHERE t.claimed_by = ${sessionId} AND t.claimed_llm = l.name
                                      AND t.status IN ('claimed', 'running'))::int AS free
-        FROM llms l
+        FROM llm_relay.llms l
         WHERE l.provider_session_id = ${sessionId} AND l.kind = 'virtual' AND l.status = 'active'
       ),
       picked AS MATERIALIZED (
@@ -198,7 +198,7 @@ export const make = Effect.gen(function* () {
         FROM cap c CROSS JOIN LATERAL (
           SELECT u.id FROM (
             SELECT pinned.* FROM (
-              SELECT id, priority, created_at, seq FROM inference_tasks
+              SELECT id, priority, created_at, seq FROM llm_relay.inference_tasks
               WHERE status = 'pending' AND llm_name = c.name
               ORDER BY priority DESC, created_at, seq
               LIMIT greatest(c.free, 0)
@@ -206,7 +206,7 @@ export const make = Effect.gen(function* () {
             ) pinned
             UNION ALL
             SELECT pooled.* FROM (
-              SELECT id, priority, created_at, seq FROM inference_tasks
+              SELECT id, priority, created_at, seq FROM llm_relay.inference_tasks
               WHERE status = 'pending' AND llm_name IS NULL AND pool = c.pool
               ORDER BY priority DESC, created_at, seq
               LIMIT greatest(c.free, 0)
@@ -218,7 +218,7 @@ export const make = Effect.gen(function* () {
         ) p
       ),
       claimed AS (
-        UPDATE inference_tasks t
+        UPDATE llm_relay.inference_tasks t
         SET status = 'claimed', claimed_by = ${sessionId},
             claimed_llm = (SELECT picked.llm FROM picked WHERE picked.id = t.id LIMIT 1),
             claimed_at = ${at}, attempts = t.attempts + 1, updated_at = ${at}
@@ -253,7 +253,7 @@ export const make = Effect.gen(function* () {
     )
 
   const ack = (h: Holder, at: Date) =>
-    sql`UPDATE inference_tasks SET status = 'running', updated_at = ${at} WHERE ${fence(h)} RETURNING id`.pipe(
+    sql`UPDATE llm_relay.inference_tasks SET status = 'running', updated_at = ${at} WHERE ${fence(h)} RETURNING id`.pipe(
       Effect.map((r) => r.length > 0),
       Effect.orDie
     )
@@ -262,13 +262,13 @@ export const make = Effect.gen(function* () {
   const appendChunks = (h: Holder, chunks: ReadonlyArray<string>, at: Date) =>
     sql`
       WITH t AS (
-        UPDATE inference_tasks
+        UPDATE llm_relay.inference_tasks
         SET status = 'running', output_started = true, chunk_count = chunk_count + 1,
             stream_started_at = COALESCE(stream_started_at, ${at}), updated_at = ${at}
         WHERE ${fence(h)}
         RETURNING id, chunk_count
       )
-      INSERT INTO inference_task_chunks (task_id, seq, chunks)
+      INSERT INTO llm_relay.inference_task_chunks (task_id, seq, chunks)
       SELECT id, chunk_count, ${chunks}::text[] FROM t
       RETURNING seq`.pipe(
       Effect.map((r) => Option.fromNullable(r[0] as { readonly seq: number } | undefined)),
@@ -277,7 +277,7 @@ export const make = Effect.gen(function* () {
 
   const complete = (h: Holder, status: number, body: unknown, at: Date) =>
     first(sql`
-      UPDATE inference_tasks
+      UPDATE llm_relay.inference_tasks
       SET status = 'completed', response_status = ${status}, response_body = ${json(body)}::jsonb,
           completed_at = ${at}, updated_at = ${at}
       WHERE ${fence(h)}
@@ -285,7 +285,7 @@ export const make = Effect.gen(function* () {
 
   const fail = (h: Holder, error: { message: string; status: number; body?: unknown }, at: Date) =>
     first(sql`
-      UPDATE inference_tasks
+      UPDATE llm_relay.inference_tasks
       SET status = 'error', error_type = 'UpstreamError', error_message = ${error.message},
           response_status = ${error.status}, response_body = ${json(error.body)}::jsonb,
           completed_at = ${at}, updated_at = ${at}
@@ -294,7 +294,7 @@ export const make = Effect.gen(function* () {
 
   const cancel = (id: string, reason: string, at: Date) =>
     first(sql`
-      UPDATE inference_tasks
+      UPDATE llm_relay.inference_tasks
       SET status = 'cancelled', error_message = ${reason}, completed_at = ${at}, updated_at = ${at}
       WHERE id = ${id} AND status IN ('pending', 'claimed', 'running')
       RETURNING *`)
@@ -309,11 +309,11 @@ export const make = Effect.gen(function* () {
     moved(sql`
       WITH target AS MATERIALIZED (
         SELECT id, claimed_by, output_started, attempts >= ${maxAttempts} AS spent
-        FROM inference_tasks WHERE ${held} AND ${where}
+        FROM llm_relay.inference_tasks WHERE ${held} AND ${where}
         FOR UPDATE
       )
-      UPDATE inference_tasks t
-      SET status = (CASE WHEN target.output_started OR target.spent THEN 'error' ELSE 'pending' END)::inference_task_status,
+      UPDATE llm_relay.inference_tasks t
+      SET status = (CASE WHEN target.output_started OR target.spent THEN 'error' ELSE 'pending' END)::llm_relay.inference_task_status,
           error_type = CASE WHEN target.output_started THEN 'PublisherDisconnected'
                             WHEN target.spent THEN 'MaxAttempts' END,
           error_message = CASE
@@ -333,7 +333,7 @@ export const make = Effect.gen(function* () {
   /** Held by a session no live broker serves: any session not of this instance. */
   const revertForeign = (instanceId: string, maxAttempts: number, at: Date) =>
     revert(
-      sql`claimed_by NOT IN (SELECT id FROM publisher_sessions WHERE instance_id = ${instanceId})`,
+      sql`claimed_by NOT IN (SELECT id FROM llm_relay.publisher_sessions WHERE instance_id = ${instanceId})`,
       maxAttempts,
       at
     )
@@ -343,14 +343,14 @@ export const make = Effect.gen(function* () {
 
   const expirePending = (createdBefore: Date, message: string, at: Date) =>
     moved(sql`
-      UPDATE inference_tasks
+      UPDATE llm_relay.inference_tasks
       SET status = 'error', error_type = 'Expired', error_message = ${message}, completed_at = ${at}, updated_at = ${at}
       WHERE status = 'pending' AND created_at < ${createdBefore}
       RETURNING id, status, pool, claimed_by, claimed_by AS previous_holder`)
 
   const timeoutRunning = (claimedBefore: Date, message: string, at: Date) =>
     moved(sql`
-      UPDATE inference_tasks
+      UPDATE llm_relay.inference_tasks
       SET status = 'error', error_type = 'Timeout', error_message = ${message}, completed_at = ${at}, updated_at = ${at}
       WHERE status = 'running' AND claimed_at < ${claimedBefore}
       RETURNING id, status, pool, claimed_by, claimed_by AS previous_holder`)
@@ -358,8 +358,8 @@ export const make = Effect.gen(function* () {
   /** Deletes up to `batch` terminal tasks finished before the cutoff (their chunks cascade). */
   const deleteFinished = (completedBefore: Date, batch: number) =>
     sql`
-      DELETE FROM inference_tasks WHERE id IN (
-        SELECT id FROM inference_tasks
+      DELETE FROM llm_relay.inference_tasks WHERE id IN (
+        SELECT id FROM llm_relay.inference_tasks
         WHERE status IN ('completed', 'error', 'cancelled') AND completed_at < ${completedBefore}
         LIMIT ${batch}
       )
@@ -367,7 +367,7 @@ export const make = Effect.gen(function* () {
 
   /** Stored output batches from `fromSeq` on, in order. */
   const chunksFrom = (taskId: string, fromSeq: number) =>
-    sql`SELECT seq, chunks FROM inference_task_chunks WHERE task_id = ${taskId} AND seq >= ${fromSeq} ORDER BY seq`
+    sql`SELECT seq, chunks FROM llm_relay.inference_task_chunks WHERE task_id = ${taskId} AND seq >= ${fromSeq} ORDER BY seq`
       .pipe(
         Effect.map((r) => r as unknown as ReadonlyArray<{ readonly seq: number; readonly chunks: ReadonlyArray<string> }>),
         Effect.orDie

@@ -33,25 +33,25 @@ export const make = Effect.gen(function* () {
   const create = Effect.fn("Tokens.create")(function* (input: { readonly role: Role; readonly name: string }) {
     const token = generateSecret()
     const id = `tok_${Crypto.randomBytes(9).toString("base64url")}`
-    yield* sql`INSERT INTO api_tokens (id, name, role, token_hash, created_at)
+    yield* sql`INSERT INTO llm_relay.api_tokens (id, name, role, token_hash, created_at)
       VALUES (${id}, ${input.name}, ${input.role}, ${hashToken(token)}, ${yield* now})`.pipe(Effect.orDie)
     return new CreatedToken({ id, name: input.name, role: input.role, token })
   })
 
-  const list = rows(sql`SELECT id, name, role, created_at, revoked_at FROM api_tokens ORDER BY created_at, id`).pipe(
+  const list = rows(sql`SELECT id, name, role, created_at, revoked_at FROM llm_relay.api_tokens ORDER BY created_at, id`).pipe(
     Effect.map((r) => r.map((row) => new TokenInfo(row)))
   )
 
   const revoke = Effect.fn("Tokens.revoke")(function* (id: string) {
     const updated = yield* rows(sql`
-      UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ${yield* now})
+      UPDATE llm_relay.api_tokens SET revoked_at = COALESCE(revoked_at, ${yield* now})
       WHERE id = ${id} RETURNING id, name, role, created_at, revoked_at`)
     if (updated.length === 0) return yield* new NotFound({ message: `no token '${id}'` })
     yield* known.invalidateAll
   })
 
   const lookup = (hash: string): Effect.Effect<Option.Option<Principal>> =>
-    rows(sql`SELECT id, name, role, created_at, revoked_at FROM api_tokens
+    rows(sql`SELECT id, name, role, created_at, revoked_at FROM llm_relay.api_tokens
       WHERE token_hash = ${hash} AND revoked_at IS NULL`).pipe(
       Effect.map((r) => Option.map(Option.fromNullable(r[0]), ({ id, name, role }) => ({ id, name, role })))
     )
@@ -79,13 +79,13 @@ export const make = Effect.gen(function* () {
     const at = yield* now
     if (Option.isSome(fromEnv)) {
       const secret = Redacted.value(fromEnv.value)
-      yield* sql`INSERT INTO api_tokens (id, name, role, token_hash, created_at)
+      yield* sql`INSERT INTO llm_relay.api_tokens (id, name, role, token_hash, created_at)
         VALUES (${ENV_ADMIN_ID}, 'RELAY_ADMIN_TOKEN', 'admin', ${hashToken(secret)}, ${at})
         ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash, revoked_at = NULL`.pipe(Effect.orDie)
       yield* known.invalidateAll
       return Option.none<CreatedToken>()
     }
-    const admins = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM api_tokens
+    const admins = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.api_tokens
       WHERE role = 'admin' AND revoked_at IS NULL`.pipe(Effect.orDie)
     if (admins[0]!.n > 0) return Option.none<CreatedToken>()
     return Option.some(yield* create({ role: "admin", name: "generated-admin" }))

@@ -18,9 +18,9 @@ export const OpsLive = HttpApiBuilder.group(RelayApi, "ops", (handlers) =>
       .handle("metrics", () =>
         Effect.gen(function* () {
           const tasks = yield* sql<{ status: string; n: number }>`
-            SELECT status::text AS status, count(*)::int AS n FROM inference_tasks GROUP BY status`
+            SELECT status::text AS status, count(*)::int AS n FROM llm_relay.inference_tasks GROUP BY status`
           const llms = yield* sql<{ kind: string; status: string; n: number }>`
-            SELECT kind, status, count(*)::int AS n FROM llms GROUP BY kind, status`
+            SELECT kind, status, count(*)::int AS n FROM llm_relay.llms GROUP BY kind, status`
           const lines = [
             "# HELP llm_relay_tasks Inference tasks by status.",
             "# TYPE llm_relay_tasks gauge",
