@@ -12,8 +12,9 @@
 -- beside (its statements name the tables unqualified): stop those brokers
 -- before starting this version. Every later migration is expand/contract
 -- (migrations/README.md).
-
-CREATE SCHEMA IF NOT EXISTS llm_relay;
+--
+-- The schema itself exists already: the migrator creates it before any file
+-- runs (its migrations table lives there).
 
 ALTER TYPE inference_task_status SET SCHEMA llm_relay;
 ALTER TABLE llms SET SCHEMA llm_relay;

@@ -66,7 +66,11 @@ export const migrate = (migrations: ReadonlyArray<Migration> = loadMigrations())
     const isRecorded = (id: number) => Effect.map(Effect.catchTag(findRecorded(id), "ParseError", Effect.die), Option.isSome)
 
     yield* locked(Effect.gen(function* () {
-      yield* sql`CREATE SCHEMA IF NOT EXISTS llm_relay`
+      // Checked first: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database
+      // even when the schema is there (a DBA may have made it for the role).
+      yield* sql`DO $$ BEGIN
+        IF to_regnamespace('llm_relay') IS NULL THEN CREATE SCHEMA llm_relay; END IF;
+      END $$`
       yield* sql`CREATE TABLE IF NOT EXISTS llm_relay.migrations (
         id integer PRIMARY KEY,
         name text NOT NULL,
