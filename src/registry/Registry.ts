@@ -30,9 +30,43 @@ export interface SweepResult {
   readonly staleSessions: ReadonlyArray<string>
 }
 
+export interface RegistryShape {
+  /**
+   * Register (or re-register) a session and its providers, all-or-nothing,
+   * with the sticky rules of PROTOCOL.md.
+   */
+  readonly register: (
+    principalId: string,
+    input: unknown
+  ) => Effect.Effect<Registration, BadRequest | Forbidden | NameConflict>
+  /** Bumps every row of the session and revives inactive ones. */
+  readonly heartbeat: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>, SessionNotFound>
+  /** The session's stream opened: its rows are online. */
+  readonly bindSession: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>>
+  /** The session's stream closed (or it said goodbye, or went silent): rows inactive at once. */
+  readonly unbindSession: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>>
+  /** At start: rows of sessions that only a dead broker process served are offline until they reconnect. */
+  readonly recoverAfterRestart: () => Effect.Effect<ReadonlyArray<Llm>>
+  readonly gcSweep: Effect.Effect<SweepResult>
+  readonly list: Effect.Effect<ReadonlyArray<Llm>>
+  readonly findByName: (name: string) => Effect.Effect<Option.Option<Llm>>
+  /** The rows a `model` names: the row of that name, or every member of that pool. */
+  readonly resolve: (name: string) => Effect.Effect<ReadonlyArray<Llm>>
+  readonly llmsOfSession: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>>
+  readonly findSession: (sessionId: string) => Effect.Effect<Option.Option<PublisherSession>>
+  readonly getSession: (sessionId: string) => Effect.Effect<PublisherSession, SessionNotFound>
+  /** An admin adds a public LLM (a fixed upstream URL the broker calls itself). */
+  readonly createPublic: (input: PublicLlmSpec) => Effect.Effect<Llm, NameConflict>
+  readonly deleteByName: (name: string) => Effect.Effect<void, LlmNotFound>
+  /** The row as stored, with a public LLM's url and key (never sent to clients). */
+  readonly findRow: (name: string) => Effect.Effect<Option.Option<LlmRow>>
+}
+
 const decodeRegister = Schema.decodeUnknown(RegisterRequest, { errors: "all", onExcessProperty: "ignore" })
 
-export const make = Effect.gen(function* () {
+type Requires = SqlClient.SqlClient | RegistryRepo | RelayConfig | InstanceId
+
+export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
   const repo = yield* RegistryRepo
   const config = yield* RelayConfig
@@ -191,7 +225,7 @@ export const make = Effect.gen(function* () {
   } as const
 })
 
-export class Registry extends Context.Tag("llm-relay/Registry")<Registry, Effect.Effect.Success<typeof make>>() {
+export class Registry extends Context.Tag("llm-relay/Registry")<Registry, RegistryShape>() {
   /** Needs a `SqlClient`, `RelayConfig` and `InstanceId`. */
   static readonly layer = Layer.effect(this, make).pipe(Layer.provide(RegistryRepo.layer))
 }

@@ -1,164 +1,260 @@
 /**
- * SQL of the LLM registry (`llms`, `publisher_sessions`). Every statement is
- * visible here; the service decides which run together in one transaction.
- * Times are parameters taken from `Clock` by the caller.
+ * SQL of the LLM registry (`llm_relay.llms`, `llm_relay.publisher_sessions`).
+ * Every statement is visible here; the service decides which run together in
+ * one transaction. Times are parameters taken from `Clock` by the caller. Rows
+ * are decoded with `SqlSchema` (pg hands `timestamptz` over as `Date`); a row
+ * that does not decode is a defect.
  */
-import { SqlClient } from "@effect/sql"
+import { SqlClient, SqlSchema } from "@effect/sql"
 import { Context, Effect, Layer, Option, Schema } from "effect"
 import * as Crypto from "node:crypto"
-import { LlmRow, type ProviderSpec, type PublisherSession, SessionId } from "../domain/Llm.js"
+import { LlmRow, ProviderSpec, type PublisherSession, SessionId } from "../domain/Llm.js"
 
-const decodeRows = Schema.decodeUnknown(Schema.Array(LlmRow))
+/** A row of `llm_relay.publisher_sessions` (the columns the broker reads). */
 const SessionRow = Schema.Struct({
-  id: Schema.String,
+  id: SessionId,
   principalId: Schema.String,
   instanceId: Schema.NullOr(Schema.String),
   lastHeartbeatAt: Schema.DateFromSelf
 })
-const decodeSessions = Schema.decodeUnknown(Schema.Array(SessionRow))
 
-export interface PublicLlmSpec {
-  readonly name: string
-  readonly model: string
-  readonly url: string
-  readonly apiKey?: string | undefined
-  readonly pool?: string | undefined
-  readonly tier: string
-  readonly description: string
+export const PublicLlmSpec = Schema.Struct({
+  name: Schema.String,
+  model: Schema.String,
+  url: Schema.String,
+  apiKey: Schema.optional(Schema.String),
+  pool: Schema.optional(Schema.String),
+  tier: Schema.String,
+  description: Schema.String
+})
+export type PublicLlmSpec = typeof PublicLlmSpec.Type
+
+export interface RegistryRepoShape {
+  readonly all: Effect.Effect<ReadonlyArray<LlmRow>>
+  readonly findByName: (name: string) => Effect.Effect<Option.Option<LlmRow>>
+  /** Members of a pool, or the row of that name: what a `model` resolves to. */
+  readonly findByNameOrPool: (name: string) => Effect.Effect<ReadonlyArray<LlmRow>>
+  readonly findBySession: (sessionId: string) => Effect.Effect<ReadonlyArray<LlmRow>>
+  /** Locks the named rows so concurrent registrations of one name serialize. */
+  readonly lockByNames: (names: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<LlmRow>>
+  /** Insert a new virtual row; `None` when a concurrent registration took the name first. */
+  readonly insertVirtual: (spec: ProviderSpec, sessionId: string, now: Date) => Effect.Effect<Option.Option<LlmRow>>
+  /** Update in place or adopt: same `id`, now owned by `sessionId` and active. */
+  readonly claimRow: (id: string, spec: ProviderSpec, sessionId: string, now: Date) => Effect.Effect<LlmRow>
+  readonly deactivateUnlisted: (
+    sessionId: string,
+    keep: ReadonlyArray<string>,
+    now: Date
+  ) => Effect.Effect<ReadonlyArray<LlmRow>>
+  readonly heartbeat: (sessionId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  readonly activateSession: (sessionId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  readonly deactivateSession: (sessionId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  readonly deactivateForeign: (instanceId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  readonly deactivateStale: (heartbeatCutoff: Date, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  readonly deleteExpiredInactive: (inactiveCutoff: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  /** A public LLM row; None when the name is taken. */
+  readonly insertPublic: (input: PublicLlmSpec, now: Date) => Effect.Effect<Option.Option<LlmRow>>
+  readonly deleteByName: (name: string) => Effect.Effect<ReadonlyArray<LlmRow>>
+  readonly findSession: (sessionId: string) => Effect.Effect<Option.Option<PublisherSession>>
+  /** Locks the session row: register, unbind and heartbeat of one session serialize on it. */
+  readonly lockSession: (sessionId: string) => Effect.Effect<Option.Option<PublisherSession>>
+  /** Creates or takes over the session row; false when it belongs to another principal. */
+  readonly upsertSession: (
+    sessionId: string,
+    principalId: string,
+    instanceId: string,
+    now: Date
+  ) => Effect.Effect<boolean>
 }
 
-export const make = Effect.gen(function* () {
+const At = Schema.DateFromSelf
+/** A provider as registration decoded it (its defaults applied): encoding it changes nothing. */
+const Provider = Schema.typeSchema(ProviderSpec)
+/** A session's rows at a moment: the request of most statements below. */
+const SessionAt = Schema.Struct({ sessionId: Schema.String, now: At })
+
+export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
-  const rows = <E, R>(query: Effect.Effect<ReadonlyArray<unknown>, E, R>) =>
-    query.pipe(Effect.flatMap(decodeRows), Effect.orDie)
+  /** A statement returning `llms` rows, decoded; its failures are defects. */
+  const llmRows = <I, IA>(Request: Schema.Schema<I, IA>, execute: (request: IA) => Effect.Effect<ReadonlyArray<unknown>, unknown>) => {
+    const run = SqlSchema.findAll({ Request, Result: LlmRow, execute })
+    return (request: I) => Effect.orDie(run(request))
+  }
+  /** The same, for a statement that returns at most one row. */
+  const llmRow = <I, IA>(Request: Schema.Schema<I, IA>, execute: (request: IA) => Effect.Effect<ReadonlyArray<unknown>, unknown>) => {
+    const run = SqlSchema.findOne({ Request, Result: LlmRow, execute })
+    return (request: I) => Effect.orDie(run(request))
+  }
 
-  const all = rows(sql`SELECT * FROM llms ORDER BY name`)
-  const findByName = (name: string) =>
-    rows(sql`SELECT * FROM llms WHERE name = ${name}`).pipe(Effect.map((r) => Option.fromNullable(r[0])))
-  /** Members of a pool, or the row of that name: what a `model` resolves to. */
-  const findByNameOrPool = (name: string) => rows(sql`SELECT * FROM llms WHERE name = ${name} OR pool = ${name}`)
-  const findBySession = (sessionId: string) =>
-    rows(sql`SELECT * FROM llms WHERE provider_session_id = ${sessionId} ORDER BY name`)
-  /** Locks the named rows so concurrent registrations of one name serialize. */
-  const lockByNames = (names: ReadonlyArray<string>) =>
-    rows(sql`SELECT * FROM llms WHERE name = ANY(${names}) ORDER BY name FOR UPDATE`)
+  const all = llmRows(Schema.Void, () => sql`SELECT * FROM llm_relay.llms ORDER BY name`)(undefined)
+  const findByName = llmRow(Schema.String, (name) => sql`SELECT * FROM llm_relay.llms WHERE name = ${name}`)
+  const findByNameOrPool = llmRows(
+    Schema.String,
+    (name) => sql`SELECT * FROM llm_relay.llms WHERE name = ${name} OR pool = ${name}`
+  )
+  const findBySession = llmRows(
+    Schema.String,
+    (sessionId) => sql`SELECT * FROM llm_relay.llms WHERE provider_session_id = ${sessionId} ORDER BY name`
+  )
+  const lockByNames = llmRows(
+    Schema.Array(Schema.String),
+    (names) => sql`SELECT * FROM llm_relay.llms WHERE name = ANY(${names}) ORDER BY name FOR UPDATE`
+  )
 
-  /** Insert a new virtual row; `None` when a concurrent registration took the name first. */
-  const insertVirtual = (spec: ProviderSpec, sessionId: string, now: Date) =>
-    rows(sql`
-      INSERT INTO llms (id, name, kind, type, model, pool, tier, description, provider_session_id,
+  const insertVirtualRow = llmRow(
+    Schema.Struct({ spec: Provider, sessionId: Schema.String, now: At }),
+    ({ now, sessionId, spec }) =>
+      sql`
+      INSERT INTO llm_relay.llms (id, name, kind, type, model, pool, tier, description, provider_session_id,
                         status, last_heartbeat_at, inactive_since, max_concurrent, created_at, updated_at)
       VALUES (${Crypto.randomUUID()}, ${spec.name}, 'virtual', ${spec.type}, ${spec.model},
               ${spec.pool ?? spec.name}, ${spec.tier}, ${spec.description}, ${sessionId},
               'active', ${now}, NULL, ${spec.maxConcurrent}, ${now}, ${now})
       ON CONFLICT (name) DO NOTHING
-      RETURNING *`).pipe(Effect.map((r) => Option.fromNullable(r[0])))
+      RETURNING *`
+  )
+  const insertVirtual = (spec: ProviderSpec, sessionId: string, now: Date) => insertVirtualRow({ spec, sessionId, now })
 
-  /** Update in place or adopt: same `id`, now owned by `sessionId` and active. */
-  const claimRow = (id: string, spec: ProviderSpec, sessionId: string, now: Date) =>
-    rows(sql`
-      UPDATE llms SET type = ${spec.type}, model = ${spec.model}, pool = ${spec.pool ?? spec.name},
+  const claimLlmRow = SqlSchema.single({
+    Request: Schema.Struct({ id: Schema.String, spec: Provider, sessionId: Schema.String, now: At }),
+    Result: LlmRow,
+    execute: ({ id, now, sessionId, spec }) =>
+      sql`
+      UPDATE llm_relay.llms SET type = ${spec.type}, model = ${spec.model}, pool = ${spec.pool ?? spec.name},
         tier = ${spec.tier}, description = ${spec.description}, max_concurrent = ${spec.maxConcurrent},
         provider_session_id = ${sessionId}, status = 'active', last_heartbeat_at = ${now},
         inactive_since = NULL, version = version + 1, updated_at = ${now}
       WHERE id = ${id} AND kind = 'virtual'
-      RETURNING *`).pipe(Effect.map((r) => r[0]!))
+      RETURNING *`
+  })
+  const claimRow = (id: string, spec: ProviderSpec, sessionId: string, now: Date) =>
+    Effect.orDie(claimLlmRow({ id, spec, sessionId, now }))
 
   /**
    * Rows the session held but no longer lists go inactive and leave the
    * session, so its stream or heartbeat does not revive them (listing the name
    * again adopts the row, same `id`).
    */
-  const deactivateUnlisted = (sessionId: string, keep: ReadonlyArray<string>, now: Date) =>
-    rows(sql`
-      UPDATE llms SET provider_session_id = NULL, updated_at = ${now},
+  const deactivateUnlistedRows = llmRows(
+    Schema.Struct({ sessionId: Schema.String, keep: Schema.Array(Schema.String), now: At }),
+    ({ keep, now, sessionId }) =>
+      sql`
+      UPDATE llm_relay.llms SET provider_session_id = NULL, updated_at = ${now},
         status = 'inactive', inactive_since = CASE WHEN status = 'active' THEN ${now} ELSE inactive_since END
       WHERE provider_session_id = ${sessionId} AND kind = 'virtual'
         AND NOT (name = ANY(${keep}))
-      RETURNING *`)
+      RETURNING *`
+  )
+  const deactivateUnlisted = (sessionId: string, keep: ReadonlyArray<string>, now: Date) =>
+    deactivateUnlistedRows({ sessionId, keep, now })
 
-  const heartbeat = (sessionId: string, now: Date) =>
-    Effect.zipRight(
-      sql`UPDATE publisher_sessions SET last_heartbeat_at = ${now} WHERE id = ${sessionId}`,
-      rows(sql`
-        UPDATE llms SET last_heartbeat_at = ${now}, status = 'active', inactive_since = NULL,
-          updated_at = CASE WHEN status = 'inactive' THEN ${now} ELSE updated_at END
-        WHERE provider_session_id = ${sessionId} AND kind = 'virtual'
-        RETURNING *`)
-    ).pipe(Effect.orDie)
-
-  const activateSession = (sessionId: string, now: Date) =>
-    rows(sql`
-      UPDATE llms SET status = 'active', inactive_since = NULL, last_heartbeat_at = ${now}, updated_at = ${now}
+  const touchSession = SqlSchema.void({
+    Request: SessionAt,
+    execute: ({ now, sessionId }) =>
+      sql`UPDATE llm_relay.publisher_sessions SET last_heartbeat_at = ${now} WHERE id = ${sessionId}`
+  })
+  const heartbeatRows = llmRows(SessionAt, ({ now, sessionId }) =>
+    sql`
+      UPDATE llm_relay.llms SET last_heartbeat_at = ${now}, status = 'active', inactive_since = NULL,
+        updated_at = CASE WHEN status = 'inactive' THEN ${now} ELSE updated_at END
       WHERE provider_session_id = ${sessionId} AND kind = 'virtual'
       RETURNING *`)
+  const heartbeat = (sessionId: string, now: Date) =>
+    Effect.zipRight(Effect.orDie(touchSession({ sessionId, now })), heartbeatRows({ sessionId, now }))
+
+  const activateRows = llmRows(SessionAt, ({ now, sessionId }) =>
+    sql`
+      UPDATE llm_relay.llms SET status = 'active', inactive_since = NULL, last_heartbeat_at = ${now}, updated_at = ${now}
+      WHERE provider_session_id = ${sessionId} AND kind = 'virtual'
+      RETURNING *`)
+  const activateSession = (sessionId: string, now: Date) => activateRows({ sessionId, now })
 
   /** Only rows still active flip, so `inactive_since` keeps the first moment. */
-  const deactivateSession = (sessionId: string, now: Date) =>
-    rows(sql`
-      UPDATE llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
+  const deactivateRows = llmRows(SessionAt, ({ now, sessionId }) =>
+    sql`
+      UPDATE llm_relay.llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
       WHERE provider_session_id = ${sessionId} AND kind = 'virtual' AND status = 'active'
       RETURNING *`)
+  const deactivateSession = (sessionId: string, now: Date) => deactivateRows({ sessionId, now })
 
   /** After a restart: rows of sessions no live broker serves (not of this instance) go inactive. */
-  const deactivateForeign = (instanceId: string, now: Date) =>
-    rows(sql`
-      UPDATE llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
+  const deactivateForeignRows = llmRows(
+    Schema.Struct({ instanceId: Schema.String, now: At }),
+    ({ instanceId, now }) =>
+      sql`
+      UPDATE llm_relay.llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
       WHERE kind = 'virtual' AND status = 'active'
         AND (provider_session_id IS NULL OR provider_session_id NOT IN
-             (SELECT id FROM publisher_sessions WHERE instance_id = ${instanceId}))
-      RETURNING *`)
+             (SELECT id FROM llm_relay.publisher_sessions WHERE instance_id = ${instanceId}))
+      RETURNING *`
+  )
+  const deactivateForeign = (instanceId: string, now: Date) => deactivateForeignRows({ instanceId, now })
 
   /** Active virtual rows whose last heartbeat is older than the cutoff go inactive. */
-  const deactivateStale = (heartbeatCutoff: Date, now: Date) =>
-    rows(sql`
-      UPDATE llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
+  const deactivateStaleRows = llmRows(
+    Schema.Struct({ heartbeatCutoff: At, now: At }),
+    ({ heartbeatCutoff, now }) =>
+      sql`
+      UPDATE llm_relay.llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
       WHERE kind = 'virtual' AND status = 'active' AND last_heartbeat_at < ${heartbeatCutoff}
-      RETURNING *`)
+      RETURNING *`
+  )
+  const deactivateStale = (heartbeatCutoff: Date, now: Date) => deactivateStaleRows({ heartbeatCutoff, now })
 
-  const deleteExpiredInactive = (inactiveCutoff: Date) =>
-    rows(sql`
-      DELETE FROM llms
+  const deleteExpiredInactive = llmRows(At, (inactiveCutoff) =>
+    sql`
+      DELETE FROM llm_relay.llms
       WHERE kind = 'virtual' AND status = 'inactive' AND inactive_since < ${inactiveCutoff}
       RETURNING *`)
 
-  /** A public LLM row; None when the name is taken. */
-  const insertPublic = (input: PublicLlmSpec, now: Date) =>
-    rows(sql`
-      INSERT INTO llms (id, name, kind, type, model, url, api_key, pool, tier, description, status,
+  const insertPublicRow = llmRow(
+    Schema.Struct({ input: PublicLlmSpec, now: At }),
+    ({ input, now }) =>
+      sql`
+      INSERT INTO llm_relay.llms (id, name, kind, type, model, url, api_key, pool, tier, description, status,
                         max_concurrent, created_at, updated_at)
       VALUES (${Crypto.randomUUID()}, ${input.name}, 'public', 'openai', ${input.model}, ${input.url},
               ${input.apiKey ?? null}, ${input.pool ?? input.name}, ${input.tier}, ${input.description},
               'active', 1024, ${now}, ${now})
       ON CONFLICT (name) DO NOTHING
-      RETURNING *`).pipe(Effect.map((r) => Option.fromNullable(r[0])))
+      RETURNING *`
+  )
+  const insertPublic = (input: PublicLlmSpec, now: Date) => insertPublicRow({ input, now })
 
-  const deleteByName = (name: string) => rows(sql`DELETE FROM llms WHERE name = ${name} RETURNING *`)
+  const deleteByName = llmRows(
+    Schema.String,
+    (name) => sql`DELETE FROM llm_relay.llms WHERE name = ${name} RETURNING *`
+  )
 
-  const findSession = (sessionId: string) =>
-    sql`SELECT id, principal_id, instance_id, last_heartbeat_at FROM publisher_sessions WHERE id = ${sessionId}`.pipe(
-      Effect.flatMap(decodeSessions),
-      Effect.orDie,
-      Effect.map((r) =>
-        Option.map(Option.fromNullable(r[0]), (s): PublisherSession => ({ ...s, id: SessionId.make(s.id) }))
-      )
-    )
+  const findSessionRow = SqlSchema.findOne({
+    Request: Schema.String,
+    Result: SessionRow,
+    execute: (sessionId) =>
+      sql`SELECT id, principal_id, instance_id, last_heartbeat_at FROM llm_relay.publisher_sessions WHERE id = ${sessionId}`
+  })
+  const findSession = (sessionId: string) => Effect.orDie(findSessionRow(sessionId))
 
-  /** Locks the session row: register, unbind and heartbeat of one session serialize on it. */
-  const lockSession = (sessionId: string) =>
-    sql`SELECT id, principal_id, instance_id, last_heartbeat_at FROM publisher_sessions WHERE id = ${sessionId} FOR UPDATE`.pipe(
-      Effect.flatMap(decodeSessions),
-      Effect.orDie,
-      Effect.map((r) => Option.fromNullable(r[0]))
-    )
+  const lockSessionRow = SqlSchema.findOne({
+    Request: Schema.String,
+    Result: SessionRow,
+    execute: (sessionId) =>
+      sql`SELECT id, principal_id, instance_id, last_heartbeat_at FROM llm_relay.publisher_sessions WHERE id = ${sessionId} FOR UPDATE`
+  })
+  const lockSession = (sessionId: string) => Effect.orDie(lockSessionRow(sessionId))
 
-  const upsertSession = (sessionId: string, principalId: string, instanceId: string, now: Date) =>
-    sql`
-      INSERT INTO publisher_sessions (id, principal_id, instance_id, connected_at, last_heartbeat_at, created_at)
+  const upsertSessionRow = SqlSchema.findOne({
+    Request: Schema.Struct({ sessionId: Schema.String, principalId: Schema.String, instanceId: Schema.String, now: At }),
+    Result: Schema.Struct({ id: Schema.String }),
+    execute: ({ instanceId, now, principalId, sessionId }) =>
+      sql`
+      INSERT INTO llm_relay.publisher_sessions AS s (id, principal_id, instance_id, connected_at, last_heartbeat_at, created_at)
       VALUES (${sessionId}, ${principalId}, ${instanceId}, ${now}, ${now}, ${now})
       ON CONFLICT (id) DO UPDATE SET instance_id = EXCLUDED.instance_id, last_heartbeat_at = EXCLUDED.last_heartbeat_at
-      WHERE publisher_sessions.principal_id = EXCLUDED.principal_id
-      RETURNING id`.pipe(Effect.orDie, Effect.map((r) => r.length > 0))
+      WHERE s.principal_id = EXCLUDED.principal_id
+      RETURNING id`
+  })
+  const upsertSession = (sessionId: string, principalId: string, instanceId: string, now: Date) =>
+    upsertSessionRow({ sessionId, principalId, instanceId, now }).pipe(Effect.map(Option.isSome), Effect.orDie)
 
   return {
     all,
@@ -183,9 +279,6 @@ export const make = Effect.gen(function* () {
   } as const
 })
 
-export class RegistryRepo extends Context.Tag("llm-relay/RegistryRepo")<
-  RegistryRepo,
-  Effect.Effect.Success<typeof make>
->() {
+export class RegistryRepo extends Context.Tag("llm-relay/RegistryRepo")<RegistryRepo, RegistryRepoShape>() {
   static readonly layer = Layer.effect(this, make)
 }

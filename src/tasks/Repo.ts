@@ -1,21 +1,22 @@
 /**
- * SQL of the task queue (`inference_tasks`, `inference_task_chunks`). Every
- * transition is one conditional statement: it names the states it may leave
- * (and, for a publisher, the holder and the attempt) and returns the rows it
- * changed; no rows back means the race was lost. Times are parameters taken
- * from `Clock` by the caller.
+ * SQL of the task queue (`llm_relay.inference_tasks`,
+ * `llm_relay.inference_task_chunks`). Every transition is one conditional
+ * statement: it names the states it may leave (and, for a publisher, the
+ * holder and the attempt) and returns the rows it changed; no rows back means
+ * the race was lost. Times are parameters taken from `Clock` by the caller.
+ * Rows are decoded with `SqlSchema` (pg hands `timestamptz` over as `Date`,
+ * `bigint` as a string); a row that does not decode is a defect.
  */
-import { SqlClient, type Statement } from "@effect/sql"
+import { SqlClient, SqlSchema, type Statement } from "@effect/sql"
 import { Context, Effect, Layer, Option, Schema } from "effect"
-import type { TaskStatus } from "../domain/Task.js"
-import { Task, TaskStatus as TaskStatusSchema } from "../domain/Task.js"
+import { Task, TaskId, TaskStatus } from "../domain/Task.js"
 
-/** A row of `inference_tasks` as the database returns it (names camel-cased). */
+/** A row of `llm_relay.inference_tasks` as the database returns it (names camel-cased). */
 export const TaskRow = Schema.Struct({
-  id: Schema.String,
-  /** Enqueue order (bigint: the driver may hand it over as a string). */
+  id: TaskId,
+  /** Enqueue order (bigint: the driver hands it over as a string). */
   seq: Schema.Union(Schema.Number, Schema.NumberFromString),
-  status: TaskStatusSchema,
+  status: TaskStatus,
   pool: Schema.String,
   llmName: Schema.NullOr(Schema.String),
   model: Schema.String,
@@ -46,7 +47,7 @@ export type TaskRow = typeof TaskRow.Type
 export const taskFromRow = (row: TaskRow): Task =>
   // The row was decoded already: skip re-validating it (a hot path).
   new Task({
-    id: row.id as Task["id"],
+    id: row.id,
     status: row.status,
     model: row.model,
     pool: row.pool,
@@ -65,7 +66,7 @@ export const taskFromRow = (row: TaskRow): Task =>
     responseStatus: row.responseStatus,
     responseBody: row.responseBody ?? null,
     errorMessage: row.errorMessage
-  })
+  }, true)
 
 /** A task a claim took, with the upstream model of the row it went to. */
 export const ClaimedRow = Schema.Struct({ ...TaskRow.fields, llmModel: Schema.String })
@@ -73,56 +74,103 @@ export type ClaimedRow = typeof ClaimedRow.Type
 
 /** A row of a held task that a revert or timeout touched. */
 export const Moved = Schema.Struct({
-  id: Schema.String,
-  status: TaskStatusSchema,
+  id: TaskId,
+  status: TaskStatus,
   pool: Schema.String,
   claimedBy: Schema.NullOr(Schema.String),
   previousHolder: Schema.NullOr(Schema.String)
 })
 export type Moved = typeof Moved.Type
 
-export interface NewTask {
-  readonly id: string
-  readonly pool: string
-  readonly llmName: string | null
-  readonly model: string
-  readonly tier: string | null
-  readonly path: string
-  readonly streaming: boolean
-  readonly priority: number
-  readonly requestBody: unknown
-  readonly ownerId: string
-  readonly agentId: string | null
-}
+/** A new pending task, as `insert` stores it. */
+export const NewTask = Schema.Struct({
+  id: Schema.String,
+  pool: Schema.String,
+  llmName: Schema.NullOr(Schema.String),
+  model: Schema.String,
+  tier: Schema.NullOr(Schema.String),
+  path: Schema.String,
+  streaming: Schema.Boolean,
+  priority: Schema.Int,
+  requestBody: Schema.Unknown,
+  ownerId: Schema.String,
+  agentId: Schema.NullOr(Schema.String)
+})
+export type NewTask = typeof NewTask.Type
 
-export interface ListFilter {
-  readonly ownerId?: string | undefined
-  readonly status?: TaskStatus | undefined
-  readonly agentId?: string | undefined
-  readonly after?: { readonly createdAt: Date; readonly id: string } | undefined
-  readonly limit: number
-}
+/** A page of a listing: newest first, after the keyset cursor when given. */
+export const ListFilter = Schema.Struct({
+  ownerId: Schema.optional(Schema.String),
+  status: Schema.optional(TaskStatus),
+  agentId: Schema.optional(Schema.String),
+  after: Schema.optional(Schema.Struct({ createdAt: Schema.DateFromSelf, id: Schema.String })),
+  limit: Schema.Int
+})
+export type ListFilter = typeof ListFilter.Type
 
 /** The fence of a publisher's post: the holder and, when given, the attempt. */
-export interface Holder {
-  readonly sessionId: string
-  readonly taskId: string
-  readonly attempt?: number | undefined
+export const Holder = Schema.Struct({
+  sessionId: Schema.String,
+  taskId: Schema.String,
+  attempt: Schema.optional(Schema.Int)
+})
+export type Holder = typeof Holder.Type
+
+/** One stored batch of a task's output. */
+export const ChunkBatch = Schema.Struct({ seq: Schema.Int, chunks: Schema.Array(Schema.String) })
+export type ChunkBatch = typeof ChunkBatch.Type
+
+/** What one claim took: the tasks, and whether a row filled up (`full`) or kept room (`roomLeft`). */
+export interface Claimed {
+  readonly tasks: ReadonlyArray<ClaimedRow>
+  readonly full: boolean
+  readonly roomLeft: boolean
 }
+
+export interface TaskRepoShape {
+  readonly insert: (task: NewTask, at: Date) => Effect.Effect<TaskRow>
+  readonly find: (id: string) => Effect.Effect<Option.Option<TaskRow>>
+  readonly list: (filter: ListFilter) => Effect.Effect<ReadonlyArray<TaskRow>>
+  readonly findPendingForPools: (pools: ReadonlyArray<string>, limit: number) => Effect.Effect<ReadonlyArray<TaskRow>>
+  readonly claimFor: (sessionId: string, at: Date) => Effect.Effect<Claimed>
+  readonly ack: (h: Holder, at: Date) => Effect.Effect<boolean>
+  readonly appendChunks: (
+    h: Holder,
+    chunks: ReadonlyArray<string>,
+    at: Date
+  ) => Effect.Effect<Option.Option<{ readonly seq: number }>>
+  readonly complete: (h: Holder, status: number, body: unknown, at: Date) => Effect.Effect<Option.Option<TaskRow>>
+  readonly fail: (
+    h: Holder,
+    error: { message: string; status: number; body?: unknown },
+    at: Date
+  ) => Effect.Effect<Option.Option<TaskRow>>
+  readonly cancel: (id: string, reason: string, at: Date) => Effect.Effect<Option.Option<TaskRow>>
+  readonly revertHeldBy: (sessionId: string, maxAttempts: number, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
+  readonly revertForeign: (instanceId: string, maxAttempts: number, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
+  readonly revertUnacked: (claimedBefore: Date, maxAttempts: number, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
+  readonly expirePending: (createdBefore: Date, message: string, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
+  readonly timeoutRunning: (claimedBefore: Date, message: string, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
+  readonly deleteFinished: (completedBefore: Date, batch: number) => Effect.Effect<number>
+  readonly chunksFrom: (taskId: string, fromSeq: number) => Effect.Effect<ReadonlyArray<ChunkBatch>>
+}
+
+/**
+ * A row of the claim statement: a capacity row of the session (its name and
+ * free slots), with the task claimed for it, or with none.
+ */
+const CapacityRow = Schema.Union(
+  Schema.Struct({ capName: Schema.String, capFree: Schema.Int, id: Schema.Null }),
+  Schema.Struct({ ...ClaimedRow.fields, capName: Schema.String, capFree: Schema.Int })
+)
 
 const json = (value: unknown) => (value === undefined ? null : JSON.stringify(value))
 
-export const make = Effect.gen(function* () {
+const At = Schema.DateFromSelf
+const Id = Schema.Struct({ id: Schema.String })
+
+export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
-  const decodeRows = Schema.decodeUnknown(Schema.Array(TaskRow))
-  const rows = <E, R>(query: Effect.Effect<ReadonlyArray<unknown>, E, R>) =>
-    query.pipe(Effect.flatMap(decodeRows), Effect.orDie)
-  const first = <E, R>(query: Effect.Effect<ReadonlyArray<unknown>, E, R>) =>
-    Effect.map(rows(query), (r) => Option.fromNullable(r[0]))
-  const decodeClaimed = Schema.decodeUnknown(Schema.Array(ClaimedRow))
-  const decodeMoved = Schema.decodeUnknown(Schema.Array(Moved))
-  const moved = <E, R>(query: Effect.Effect<ReadonlyArray<unknown>, E, R>) =>
-    query.pipe(Effect.flatMap(decodeMoved), Effect.orDie)
 
   const held = sql`status IN ('claimed', 'running')`
   const fence = (h: Holder) =>
@@ -130,37 +178,60 @@ export const make = Effect.gen(function* () {
       ? sql`id = ${h.taskId} AND claimed_by = ${h.sessionId} AND ${held}`
       : sql`id = ${h.taskId} AND claimed_by = ${h.sessionId} AND ${held} AND attempts = ${h.attempt}`
 
-  const insert = (task: NewTask, at: Date) =>
-    first(sql`
-      INSERT INTO inference_tasks (id, pool, llm_name, model, tier, path, streaming, priority, request_body,
+  const insertTask = SqlSchema.single({
+    Request: Schema.Struct({ task: NewTask, at: At }),
+    Result: TaskRow,
+    execute: ({ at, task }) =>
+      sql`
+      INSERT INTO llm_relay.inference_tasks (id, pool, llm_name, model, tier, path, streaming, priority, request_body,
                                    owner_id, agent_id, created_at, updated_at)
       VALUES (${task.id}, ${task.pool}, ${task.llmName}, ${task.model}, ${task.tier}, ${task.path},
               ${task.streaming}, ${task.priority}, ${json(task.requestBody)}::jsonb, ${task.ownerId},
               ${task.agentId}, ${at}, ${at})
-      RETURNING *`).pipe(Effect.map(Option.getOrThrow))
+      RETURNING *`
+  })
+  const insert = (task: NewTask, at: Date) => Effect.orDie(insertTask({ task, at }))
 
-  const find = (id: string) => first(sql`SELECT * FROM inference_tasks WHERE id = ${id}`)
+  const findTask = SqlSchema.findOne({
+    Request: Schema.String,
+    Result: TaskRow,
+    execute: (id) => sql`SELECT * FROM llm_relay.inference_tasks WHERE id = ${id}`
+  })
+  const find = (id: string) => Effect.orDie(findTask(id))
 
-  const list = (filter: ListFilter) => {
-    const where: Array<Statement.Fragment> = []
-    if (filter.ownerId !== undefined) where.push(sql`owner_id = ${filter.ownerId}`)
-    if (filter.status !== undefined) where.push(sql`status = ${filter.status}`)
-    if (filter.agentId !== undefined) where.push(sql`agent_id = ${filter.agentId}`)
-    if (filter.after !== undefined) where.push(sql`(created_at, id) < (${filter.after.createdAt}, ${filter.after.id})`)
-    return rows(sql`
-      SELECT * FROM inference_tasks
+  const listTasks = SqlSchema.findAll({
+    Request: ListFilter,
+    Result: TaskRow,
+    execute: (filter) => {
+      const where: Array<Statement.Fragment> = []
+      if (filter.ownerId !== undefined) where.push(sql`owner_id = ${filter.ownerId}`)
+      if (filter.status !== undefined) where.push(sql`status = ${filter.status}`)
+      if (filter.agentId !== undefined) where.push(sql`agent_id = ${filter.agentId}`)
+      if (filter.after !== undefined) {
+        where.push(sql`(created_at, id) < (${filter.after.createdAt}, ${filter.after.id})`)
+      }
+      return sql`
+      SELECT * FROM llm_relay.inference_tasks
       ${where.length > 0 ? sql`WHERE ${sql.and(where)}` : sql``}
       ORDER BY created_at DESC, id DESC
-      LIMIT ${filter.limit}`)
-  }
+      LIMIT ${filter.limit}`
+    }
+  })
+  const list = (filter: ListFilter) => Effect.orDie(listTasks(filter))
 
   /** Pending tasks of these pools in the order a claim takes them (read only). */
-  const findPendingForPools = (pools: ReadonlyArray<string>, limit: number) =>
-    rows(sql`
-      SELECT * FROM inference_tasks
+  const pendingForPools = SqlSchema.findAll({
+    Request: Schema.Struct({ pools: Schema.Array(Schema.String), limit: Schema.Int }),
+    Result: TaskRow,
+    execute: ({ limit, pools }) =>
+      sql`
+      SELECT * FROM llm_relay.inference_tasks
       WHERE status = 'pending' AND pool = ANY(${pools})
       ORDER BY priority DESC, created_at, seq
-      LIMIT ${limit}`)
+      LIMIT ${limit}`
+  })
+  const findPendingForPools = (pools: ReadonlyArray<string>, limit: number) =>
+    Effect.orDie(pendingForPools({ pools, limit }))
 
   /**
    * One round trip per claim: the free capacity of each active row of the
@@ -183,14 +254,17 @@ export const make = Effect.gen(function* () {
    * any: `full` when a row's claims reached its free capacity (it may have
    * left work), `roomLeft` when another row still had room.
    */
-  const claimFor = (sessionId: string, at: Date) =>
-    sql`
+  const claimRows = SqlSchema.findAll({
+    Request: Schema.Struct({ sessionId: Schema.String, at: At }),
+    Result: CapacityRow,
+    execute: ({ at, sessionId }) =>
+      sql`
       WITH cap AS MATERIALIZED (
         SELECT l.name, l.pool, l.model,
-               l.max_concurrent - (SELECT count(*) FROM inference_tasks t
+               l.max_concurrent - (SELECT count(*) FROM llm_relay.inference_tasks t
                                    WHERE t.claimed_by = ${sessionId} AND t.claimed_llm = l.name
                                      AND t.status IN ('claimed', 'running'))::int AS free
-        FROM llms l
+        FROM llm_relay.llms l
         WHERE l.provider_session_id = ${sessionId} AND l.kind = 'virtual' AND l.status = 'active'
       ),
       picked AS MATERIALIZED (
@@ -198,7 +272,7 @@ export const make = Effect.gen(function* () {
         FROM cap c CROSS JOIN LATERAL (
           SELECT u.id FROM (
             SELECT pinned.* FROM (
-              SELECT id, priority, created_at, seq FROM inference_tasks
+              SELECT id, priority, created_at, seq FROM llm_relay.inference_tasks
               WHERE status = 'pending' AND llm_name = c.name
               ORDER BY priority DESC, created_at, seq
               LIMIT greatest(c.free, 0)
@@ -206,7 +280,7 @@ export const make = Effect.gen(function* () {
             ) pinned
             UNION ALL
             SELECT pooled.* FROM (
-              SELECT id, priority, created_at, seq FROM inference_tasks
+              SELECT id, priority, created_at, seq FROM llm_relay.inference_tasks
               WHERE status = 'pending' AND llm_name IS NULL AND pool = c.pool
               ORDER BY priority DESC, created_at, seq
               LIMIT greatest(c.free, 0)
@@ -218,7 +292,7 @@ export const make = Effect.gen(function* () {
         ) p
       ),
       claimed AS (
-        UPDATE inference_tasks t
+        UPDATE llm_relay.inference_tasks t
         SET status = 'claimed', claimed_by = ${sessionId},
             claimed_llm = (SELECT picked.llm FROM picked WHERE picked.id = t.id LIMIT 1),
             claimed_at = ${at}, attempts = t.attempts + 1, updated_at = ${at}
@@ -226,78 +300,105 @@ export const make = Effect.gen(function* () {
         RETURNING t.*, (SELECT picked.llm_model FROM picked WHERE picked.id = t.id LIMIT 1) AS llm_model
       )
       SELECT c.name AS cap_name, c.free AS cap_free, claimed.*
-      FROM cap c LEFT JOIN claimed ON claimed.claimed_llm = c.name`.pipe(
-      Effect.flatMap((result) => {
+      FROM cap c LEFT JOIN claimed ON claimed.claimed_llm = c.name`
+  })
+  const claimFor = (sessionId: string, at: Date) =>
+    claimRows({ sessionId, at }).pipe(
+      Effect.map((rows): Claimed => {
         const free = new Map<string, number>()
         const taken = new Map<string, number>()
-        const claimed: Array<unknown> = []
-        for (const r of result as ReadonlyArray<Record<string, unknown>>) {
-          const name = r.capName as string
-          free.set(name, Number(r.capFree))
-          if (r.id !== null && r.id !== undefined) {
-            claimed.push(r)
-            taken.set(name, (taken.get(name) ?? 0) + 1)
+        const tasks: Array<ClaimedRow> = []
+        for (const row of rows) {
+          free.set(row.capName, row.capFree)
+          if (row.id !== null) {
+            const { capFree: _free, capName: _name, ...task } = row
+            tasks.push(task)
+            taken.set(row.capName, (taken.get(row.capName) ?? 0) + 1)
           }
         }
         const full = [...free].some(([name, n]) => (taken.get(name) ?? 0) >= n)
         const roomLeft = [...free].some(([name, n]) => (taken.get(name) ?? 0) < n)
-        return Effect.map(decodeClaimed(claimed), (tasks) => ({
-          tasks: [...tasks].sort((a, b) =>
-            b.priority - a.priority || +a.createdAt - +b.createdAt || Number(a.seq) - Number(b.seq)
-          ),
+        return {
+          tasks: tasks.sort((a, b) => b.priority - a.priority || +a.createdAt - +b.createdAt || a.seq - b.seq),
           full,
           roomLeft
-        }))
+        }
       }),
       Effect.orDie
     )
 
-  const ack = (h: Holder, at: Date) =>
-    sql`UPDATE inference_tasks SET status = 'running', updated_at = ${at} WHERE ${fence(h)} RETURNING id`.pipe(
-      Effect.map((r) => r.length > 0),
-      Effect.orDie
-    )
+  const ackTask = SqlSchema.findOne({
+    Request: Schema.Struct({ h: Holder, at: At }),
+    Result: Id,
+    execute: ({ at, h }) =>
+      sql`UPDATE llm_relay.inference_tasks SET status = 'running', updated_at = ${at} WHERE ${fence(h)} RETURNING id`
+  })
+  const ack = (h: Holder, at: Date) => ackTask({ h, at }).pipe(Effect.map(Option.isSome), Effect.orDie)
 
   /** One batch of output: counts it, then stores it as batch number `seq`, in one statement. */
-  const appendChunks = (h: Holder, chunks: ReadonlyArray<string>, at: Date) =>
-    sql`
+  const appendBatch = SqlSchema.findOne({
+    Request: Schema.Struct({ h: Holder, chunks: Schema.Array(Schema.String), at: At }),
+    Result: Schema.Struct({ seq: Schema.Int }),
+    execute: ({ at, chunks, h }) =>
+      sql`
       WITH t AS (
-        UPDATE inference_tasks
+        UPDATE llm_relay.inference_tasks
         SET status = 'running', output_started = true, chunk_count = chunk_count + 1,
             stream_started_at = COALESCE(stream_started_at, ${at}), updated_at = ${at}
         WHERE ${fence(h)}
         RETURNING id, chunk_count
       )
-      INSERT INTO inference_task_chunks (task_id, seq, chunks)
+      INSERT INTO llm_relay.inference_task_chunks (task_id, seq, chunks)
       SELECT id, chunk_count, ${chunks}::text[] FROM t
-      RETURNING seq`.pipe(
-      Effect.map((r) => Option.fromNullable(r[0] as { readonly seq: number } | undefined)),
-      Effect.orDie
-    )
+      RETURNING seq`
+  })
+  const appendChunks = (h: Holder, chunks: ReadonlyArray<string>, at: Date) =>
+    Effect.orDie(appendBatch({ h, chunks, at }))
 
-  const complete = (h: Holder, status: number, body: unknown, at: Date) =>
-    first(sql`
-      UPDATE inference_tasks
+  const completeTask = SqlSchema.findOne({
+    Request: Schema.Struct({ h: Holder, status: Schema.Int, body: Schema.Unknown, at: At }),
+    Result: TaskRow,
+    execute: ({ at, body, h, status }) =>
+      sql`
+      UPDATE llm_relay.inference_tasks
       SET status = 'completed', response_status = ${status}, response_body = ${json(body)}::jsonb,
           completed_at = ${at}, updated_at = ${at}
       WHERE ${fence(h)}
-      RETURNING *`)
+      RETURNING *`
+  })
+  const complete = (h: Holder, status: number, body: unknown, at: Date) =>
+    Effect.orDie(completeTask({ h, status, body, at }))
 
-  const fail = (h: Holder, error: { message: string; status: number; body?: unknown }, at: Date) =>
-    first(sql`
-      UPDATE inference_tasks
+  const failTask = SqlSchema.findOne({
+    Request: Schema.Struct({
+      h: Holder,
+      error: Schema.Struct({ message: Schema.String, status: Schema.Int, body: Schema.optional(Schema.Unknown) }),
+      at: At
+    }),
+    Result: TaskRow,
+    execute: ({ at, error, h }) =>
+      sql`
+      UPDATE llm_relay.inference_tasks
       SET status = 'error', error_type = 'UpstreamError', error_message = ${error.message},
           response_status = ${error.status}, response_body = ${json(error.body)}::jsonb,
           completed_at = ${at}, updated_at = ${at}
       WHERE ${fence(h)}
-      RETURNING *`)
+      RETURNING *`
+  })
+  const fail = (h: Holder, error: { message: string; status: number; body?: unknown }, at: Date) =>
+    Effect.orDie(failTask({ h, error, at }))
 
-  const cancel = (id: string, reason: string, at: Date) =>
-    first(sql`
-      UPDATE inference_tasks
+  const cancelTask = SqlSchema.findOne({
+    Request: Schema.Struct({ id: Schema.String, reason: Schema.String, at: At }),
+    Result: TaskRow,
+    execute: ({ at, id, reason }) =>
+      sql`
+      UPDATE llm_relay.inference_tasks
       SET status = 'cancelled', error_message = ${reason}, completed_at = ${at}, updated_at = ${at}
       WHERE id = ${id} AND status IN ('pending', 'claimed', 'running')
-      RETURNING *`)
+      RETURNING *`
+  })
+  const cancel = (id: string, reason: string, at: Date) => Effect.orDie(cancelTask({ id, reason, at }))
 
   /**
    * Held tasks matching `where` lose their holder, in one statement: without
@@ -306,14 +407,14 @@ export const make = Effect.gen(function* () {
    * `PublisherDisconnected` (the client already has part of an answer).
    */
   const revert = (where: Statement.Fragment, maxAttempts: number, at: Date) =>
-    moved(sql`
+    sql`
       WITH target AS MATERIALIZED (
         SELECT id, claimed_by, output_started, attempts >= ${maxAttempts} AS spent
-        FROM inference_tasks WHERE ${held} AND ${where}
+        FROM llm_relay.inference_tasks WHERE ${held} AND ${where}
         FOR UPDATE
       )
-      UPDATE inference_tasks t
-      SET status = (CASE WHEN target.output_started OR target.spent THEN 'error' ELSE 'pending' END)::inference_task_status,
+      UPDATE llm_relay.inference_tasks t
+      SET status = (CASE WHEN target.output_started OR target.spent THEN 'error' ELSE 'pending' END)::llm_relay.inference_task_status,
           error_type = CASE WHEN target.output_started THEN 'PublisherDisconnected'
                             WHEN target.spent THEN 'MaxAttempts' END,
           error_message = CASE
@@ -325,53 +426,90 @@ export const make = Effect.gen(function* () {
           completed_at = CASE WHEN target.output_started OR target.spent THEN ${at}::timestamptz END,
           updated_at = ${at}
       FROM target WHERE t.id = target.id
-      RETURNING t.id, t.status, t.pool, t.claimed_by, target.claimed_by AS previous_holder`)
+      RETURNING t.id, t.status, t.pool, t.claimed_by, target.claimed_by AS previous_holder`
 
+  /** A statement that moves held or timed-out tasks, with the rows it moved. */
+  const moving = <I, IA>(Request: Schema.Schema<I, IA>, execute: (request: IA) => Statement.Statement<object>) => {
+    const run = SqlSchema.findAll({ Request, Result: Moved, execute })
+    return (request: I) => Effect.orDie(run(request))
+  }
+
+  const revertHeld = moving(
+    Schema.Struct({ sessionId: Schema.String, maxAttempts: Schema.Int, at: At }),
+    ({ at, maxAttempts, sessionId }) => revert(sql`claimed_by = ${sessionId}`, maxAttempts, at)
+  )
   const revertHeldBy = (sessionId: string, maxAttempts: number, at: Date) =>
-    revert(sql`claimed_by = ${sessionId}`, maxAttempts, at)
+    revertHeld({ sessionId, maxAttempts, at })
 
   /** Held by a session no live broker serves: any session not of this instance. */
+  const revertNotOf = moving(
+    Schema.Struct({ instanceId: Schema.String, maxAttempts: Schema.Int, at: At }),
+    ({ at, instanceId, maxAttempts }) =>
+      revert(
+        sql`claimed_by NOT IN (SELECT id FROM llm_relay.publisher_sessions WHERE instance_id = ${instanceId})`,
+        maxAttempts,
+        at
+      )
+  )
   const revertForeign = (instanceId: string, maxAttempts: number, at: Date) =>
-    revert(
-      sql`claimed_by NOT IN (SELECT id FROM publisher_sessions WHERE instance_id = ${instanceId})`,
-      maxAttempts,
-      at
-    )
+    revertNotOf({ instanceId, maxAttempts, at })
 
+  const revertClaimedBefore = moving(
+    Schema.Struct({ claimedBefore: At, maxAttempts: Schema.Int, at: At }),
+    ({ at, claimedBefore, maxAttempts }) =>
+      revert(sql`status = 'claimed' AND claimed_at < ${claimedBefore}`, maxAttempts, at)
+  )
   const revertUnacked = (claimedBefore: Date, maxAttempts: number, at: Date) =>
-    revert(sql`status = 'claimed' AND claimed_at < ${claimedBefore}`, maxAttempts, at)
+    revertClaimedBefore({ claimedBefore, maxAttempts, at })
 
-  const expirePending = (createdBefore: Date, message: string, at: Date) =>
-    moved(sql`
-      UPDATE inference_tasks
+  const expireCreatedBefore = moving(
+    Schema.Struct({ createdBefore: At, message: Schema.String, at: At }),
+    ({ at, createdBefore, message }) =>
+      sql`
+      UPDATE llm_relay.inference_tasks
       SET status = 'error', error_type = 'Expired', error_message = ${message}, completed_at = ${at}, updated_at = ${at}
       WHERE status = 'pending' AND created_at < ${createdBefore}
-      RETURNING id, status, pool, claimed_by, claimed_by AS previous_holder`)
+      RETURNING id, status, pool, claimed_by, claimed_by AS previous_holder`
+  )
+  const expirePending = (createdBefore: Date, message: string, at: Date) =>
+    expireCreatedBefore({ createdBefore, message, at })
 
-  const timeoutRunning = (claimedBefore: Date, message: string, at: Date) =>
-    moved(sql`
-      UPDATE inference_tasks
+  const timeoutClaimedBefore = moving(
+    Schema.Struct({ claimedBefore: At, message: Schema.String, at: At }),
+    ({ at, claimedBefore, message }) =>
+      sql`
+      UPDATE llm_relay.inference_tasks
       SET status = 'error', error_type = 'Timeout', error_message = ${message}, completed_at = ${at}, updated_at = ${at}
       WHERE status = 'running' AND claimed_at < ${claimedBefore}
-      RETURNING id, status, pool, claimed_by, claimed_by AS previous_holder`)
+      RETURNING id, status, pool, claimed_by, claimed_by AS previous_holder`
+  )
+  const timeoutRunning = (claimedBefore: Date, message: string, at: Date) =>
+    timeoutClaimedBefore({ claimedBefore, message, at })
 
   /** Deletes up to `batch` terminal tasks finished before the cutoff (their chunks cascade). */
-  const deleteFinished = (completedBefore: Date, batch: number) =>
-    sql`
-      DELETE FROM inference_tasks WHERE id IN (
-        SELECT id FROM inference_tasks
+  const deleteCompletedBefore = SqlSchema.findAll({
+    Request: Schema.Struct({ completedBefore: At, batch: Schema.Int }),
+    Result: Id,
+    execute: ({ batch, completedBefore }) =>
+      sql`
+      DELETE FROM llm_relay.inference_tasks WHERE id IN (
+        SELECT id FROM llm_relay.inference_tasks
         WHERE status IN ('completed', 'error', 'cancelled') AND completed_at < ${completedBefore}
         LIMIT ${batch}
       )
-      RETURNING id`.pipe(Effect.map((r) => r.length), Effect.orDie)
+      RETURNING id`
+  })
+  const deleteFinished = (completedBefore: Date, batch: number) =>
+    deleteCompletedBefore({ completedBefore, batch }).pipe(Effect.map((rows) => rows.length), Effect.orDie)
 
   /** Stored output batches from `fromSeq` on, in order. */
-  const chunksFrom = (taskId: string, fromSeq: number) =>
-    sql`SELECT seq, chunks FROM inference_task_chunks WHERE task_id = ${taskId} AND seq >= ${fromSeq} ORDER BY seq`
-      .pipe(
-        Effect.map((r) => r as unknown as ReadonlyArray<{ readonly seq: number; readonly chunks: ReadonlyArray<string> }>),
-        Effect.orDie
-      )
+  const batchesFrom = SqlSchema.findAll({
+    Request: Schema.Struct({ taskId: Schema.String, fromSeq: Schema.Int }),
+    Result: ChunkBatch,
+    execute: ({ fromSeq, taskId }) =>
+      sql`SELECT seq, chunks FROM llm_relay.inference_task_chunks WHERE task_id = ${taskId} AND seq >= ${fromSeq} ORDER BY seq`
+  })
+  const chunksFrom = (taskId: string, fromSeq: number) => Effect.orDie(batchesFrom({ taskId, fromSeq }))
 
   return {
     insert,
@@ -394,6 +532,6 @@ export const make = Effect.gen(function* () {
   } as const
 })
 
-export class TaskRepo extends Context.Tag("llm-relay/TaskRepo")<TaskRepo, Effect.Effect.Success<typeof make>>() {
+export class TaskRepo extends Context.Tag("llm-relay/TaskRepo")<TaskRepo, TaskRepoShape>() {
   static readonly layer = Layer.effect(this, make)
 }

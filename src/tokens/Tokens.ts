@@ -3,58 +3,53 @@
  * revocable. `RELAY_ADMIN_TOKEN` seeds an admin token; without it the first
  * start (no admin token stored yet) generates one and prints it once.
  */
-import { SqlClient } from "@effect/sql"
-import { Cache, Config, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { Cache, Config, Context, Duration, Effect, Layer, Option, Redacted } from "effect"
 import * as Crypto from "node:crypto"
 import { now } from "../config.js"
 import { NotFound } from "../domain/Errors.js"
-import { CreatedToken, type Principal, Role, TokenInfo } from "../domain/Token.js"
+import { CreatedToken, type Principal, type Role, TokenInfo } from "../domain/Token.js"
+import { TokenRepo } from "./Repo.js"
 
 export const hashToken = (token: string): string => Crypto.createHash("sha256").update(token).digest("hex")
 export const generateSecret = (): string => `rly_${Crypto.randomBytes(32).toString("base64url")}`
 
-const TokenRow = Schema.Struct({
-  id: Schema.String,
-  name: Schema.String,
-  role: Role,
-  createdAt: Schema.DateFromSelf,
-  revokedAt: Schema.NullOr(Schema.DateFromSelf)
-})
-const decodeRows = Schema.decodeUnknown(Schema.Array(TokenRow))
-
 /** The id of the admin token seeded from `RELAY_ADMIN_TOKEN`. */
 export const ENV_ADMIN_ID = "admin-env"
 
-export const make = Effect.gen(function* () {
-  const sql = yield* SqlClient.SqlClient
-  const rows = <E, R>(q: Effect.Effect<ReadonlyArray<unknown>, E, R>) =>
-    q.pipe(Effect.flatMap(decodeRows), Effect.orDie)
+export interface TokensShape {
+  /** A new token: the only time its secret is shown. */
+  readonly create: (input: { readonly role: Role; readonly name: string }) => Effect.Effect<CreatedToken>
+  readonly list: Effect.Effect<ReadonlyArray<TokenInfo>>
+  readonly revoke: (id: string) => Effect.Effect<void, NotFound>
+  /** The principal of a presented secret, or None (unknown or revoked). */
+  readonly verify: (token: string) => Effect.Effect<Option.Option<Principal>>
+  /**
+   * Make sure an admin can get in; returns a generated admin token when one
+   * had to be made (to print once).
+   */
+  readonly ensureAdmin: (fromEnv: Option.Option<Redacted.Redacted<string>>) => Effect.Effect<Option.Option<CreatedToken>>
+}
+
+export const make: Effect.Effect<TokensShape, never, TokenRepo> = Effect.gen(function* () {
+  const repo = yield* TokenRepo
 
   const create = Effect.fn("Tokens.create")(function* (input: { readonly role: Role; readonly name: string }) {
     const token = generateSecret()
     const id = `tok_${Crypto.randomBytes(9).toString("base64url")}`
-    yield* sql`INSERT INTO api_tokens (id, name, role, token_hash, created_at)
-      VALUES (${id}, ${input.name}, ${input.role}, ${hashToken(token)}, ${yield* now})`.pipe(Effect.orDie)
+    yield* repo.insert({ id, name: input.name, role: input.role, tokenHash: hashToken(token) }, yield* now)
     return new CreatedToken({ id, name: input.name, role: input.role, token })
   })
 
-  const list = rows(sql`SELECT id, name, role, created_at, revoked_at FROM api_tokens ORDER BY created_at, id`).pipe(
-    Effect.map((r) => r.map((row) => new TokenInfo(row)))
-  )
+  const list = Effect.map(repo.all, (rows) => rows.map((row) => new TokenInfo(row)))
 
   const revoke = Effect.fn("Tokens.revoke")(function* (id: string) {
-    const updated = yield* rows(sql`
-      UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ${yield* now})
-      WHERE id = ${id} RETURNING id, name, role, created_at, revoked_at`)
-    if (updated.length === 0) return yield* new NotFound({ message: `no token '${id}'` })
+    const updated = yield* repo.revoke(id, yield* now)
+    if (Option.isNone(updated)) return yield* new NotFound({ message: `no token '${id}'` })
     yield* known.invalidateAll
   })
 
   const lookup = (hash: string): Effect.Effect<Option.Option<Principal>> =>
-    rows(sql`SELECT id, name, role, created_at, revoked_at FROM api_tokens
-      WHERE token_hash = ${hash} AND revoked_at IS NULL`).pipe(
-      Effect.map((r) => Option.map(Option.fromNullable(r[0]), ({ id, name, role }) => ({ id, name, role })))
-    )
+    repo.findActiveByHash(hash).pipe(Effect.map(Option.map(({ id, name, role }) => ({ id, name, role }))))
 
   /**
    * Every request presents a token: known ones are remembered for a few
@@ -79,23 +74,23 @@ export const make = Effect.gen(function* () {
     const at = yield* now
     if (Option.isSome(fromEnv)) {
       const secret = Redacted.value(fromEnv.value)
-      yield* sql`INSERT INTO api_tokens (id, name, role, token_hash, created_at)
-        VALUES (${ENV_ADMIN_ID}, 'RELAY_ADMIN_TOKEN', 'admin', ${hashToken(secret)}, ${at})
-        ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash, revoked_at = NULL`.pipe(Effect.orDie)
+      yield* repo.upsert(
+        { id: ENV_ADMIN_ID, name: "RELAY_ADMIN_TOKEN", role: "admin", tokenHash: hashToken(secret) },
+        at
+      )
       yield* known.invalidateAll
       return Option.none<CreatedToken>()
     }
-    const admins = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM api_tokens
-      WHERE role = 'admin' AND revoked_at IS NULL`.pipe(Effect.orDie)
-    if (admins[0]!.n > 0) return Option.none<CreatedToken>()
+    if ((yield* repo.countActiveAdmins) > 0) return Option.none<CreatedToken>()
     return Option.some(yield* create({ role: "admin", name: "generated-admin" }))
   })
 
   return { create, list, revoke, verify, ensureAdmin } as const
 })
 
-export class Tokens extends Context.Tag("llm-relay/Tokens")<Tokens, Effect.Effect.Success<typeof make>>() {
-  static readonly layer = Layer.effect(this, make)
+export class Tokens extends Context.Tag("llm-relay/Tokens")<Tokens, TokensShape>() {
+  /** Needs a `SqlClient`. */
+  static readonly layer = Layer.effect(this, make).pipe(Layer.provide(TokenRepo.layer))
 }
 
 /** `RELAY_ADMIN_TOKEN`: a secret of 32 or more characters when set. */

@@ -15,12 +15,12 @@ const provider = (name: string, extra: Record<string, unknown> = {}) => ({
 const insertPublic = (name: string) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    yield* sql`INSERT INTO llms (id, name, kind, model, url, pool, status, created_at, updated_at)
+    yield* sql`INSERT INTO llm_relay.llms (id, name, kind, model, url, pool, status, created_at, updated_at)
       VALUES (${`pub-${name}`}, ${name}, 'public', 'm', 'http://upstream/v1', ${name}, 'active', ${new Date(0)}, ${new Date(0)})`
   })
 
 const countLlms = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  sql<{ n: number }>`SELECT count(*)::int AS n FROM llms`.pipe(Effect.map((r) => r[0]!.n))
+  sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.llms`.pipe(Effect.map((r) => r[0]!.n))
 )
 
 describe("Registry.register", () => {

@@ -53,16 +53,16 @@ export const row = (id: string) =>
       errorType: string | null
       errorMessage: string | null
       chunkCount: number
-    }>`SELECT status, attempts, claimed_by, error_type, error_message, chunk_count FROM inference_tasks WHERE id = ${id}`
+    }>`SELECT status, attempts, claimed_by, error_type, error_message, chunk_count FROM llm_relay.inference_tasks WHERE id = ${id}`
       .pipe(Effect.map((rows) => rows[0]), Effect.orDie))
 
 export const countTasks = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  sql<{ n: number }>`SELECT count(*)::int AS n FROM inference_tasks`.pipe(Effect.map((r) => r[0]!.n), Effect.orDie))
+  sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_tasks`.pipe(Effect.map((r) => r[0]!.n), Effect.orDie))
 
 /** Inserts a public LLM row directly. */
 export const insertPublic = (name: string) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql`INSERT INTO llms (id, name, kind, model, url, pool, status, created_at, updated_at)
+    sql`INSERT INTO llm_relay.llms (id, name, kind, model, url, pool, status, created_at, updated_at)
       VALUES (${`pub-${name}`}, ${name}, 'public', 'm', 'http://upstream/v1', ${name}, 'active', ${new Date(0)}, ${new Date(0)})`
       .pipe(Effect.orDie))
 

@@ -138,7 +138,7 @@ describe("seed 003: the task row", () => {
       assert.isTrue(Option.isNone(yield* queue.get(oldError.id)))
       assert.isTrue(Option.isSome(yield* queue.get(recent.id)))
       assert.isTrue(Option.isSome(yield* queue.get(pending.id)))
-      const chunks = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM inference_task_chunks`
+      const chunks = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_task_chunks`
       assert.strictEqual(chunks[0]!.n, 0)
     }).pipe(Effect.provide(QueueTest)))
 
@@ -294,7 +294,7 @@ describe("disconnects", () => {
       const [orphan, kept] = [yield* enqueue("d"), yield* enqueue("e")]
       yield* claim("dead-session")
       yield* claim("live-session")
-      yield* sql`UPDATE publisher_sessions SET instance_id = 'instance-dead' WHERE id = 'dead-session'`
+      yield* sql`UPDATE llm_relay.publisher_sessions SET instance_id = 'instance-dead' WHERE id = 'dead-session'`
       assert.strictEqual(instance, "instance-test")
       const reverted = yield* queue.startupRecovery
       assert.strictEqual(reverted, 1)
@@ -426,7 +426,7 @@ describe("a claim race", () => {
       const sql = yield* SqlClient.SqlClient
       const sessions = Array.from({ length: 12 }, (_, i) => `racer-session-${i}`)
       for (const s of sessions) yield* serve(s, [{ name: `row-${s}`, pool: "race", maxConcurrent: 8 }])
-      yield* sql`INSERT INTO inference_tasks (id, pool, model, path, request_body, owner_id, created_at, updated_at)
+      yield* sql`INSERT INTO llm_relay.inference_tasks (id, pool, model, path, request_body, owner_id, created_at, updated_at)
         SELECT 'race-' || g, 'race', 'race', '/v1/chat/completions', '{}'::jsonb, 'o',
                to_timestamp(g / 1000.0), to_timestamp(g / 1000.0)
         FROM generate_series(1, 500) g`
@@ -449,9 +449,9 @@ describe("a claim race", () => {
       assert.strictEqual(all.length, 500, "every task claimed")
       assert.strictEqual(new Set(all).size, 500, "no task claimed twice")
       assert.isAbove(taken.filter((t) => t.length > 0).length, 1, "more than one racer won tasks")
-      const left = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM inference_tasks WHERE status <> 'completed'`
+      const left = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_tasks WHERE status <> 'completed'`
       assert.strictEqual(left[0]!.n, 0)
-      const attempts = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM inference_tasks WHERE attempts <> 1`
+      const attempts = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_tasks WHERE attempts <> 1`
       assert.strictEqual(attempts[0]!.n, 0, "every task dispatched exactly once")
     }).pipe(Effect.provide(QueueTest)), 60_000)
 })

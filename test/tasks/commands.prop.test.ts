@@ -167,7 +167,7 @@ const invariants = (m: Model, r: Real) =>
       errorType: string | null
       responseStatus: number | null
       completedAt: Date | null
-    }>`SELECT id, status, claimed_by, attempts, chunk_count, error_type, response_status, completed_at FROM inference_tasks`
+    }>`SELECT id, status, claimed_by, attempts, chunk_count, error_type, response_status, completed_at FROM llm_relay.inference_tasks`
     assert.strictEqual(rows.length, m.tasks.size, "tasks are conserved: none lost but by retention")
     const holding = new Map<string, number>()
     for (const row of rows) {
@@ -195,7 +195,7 @@ const invariants = (m: Model, r: Real) =>
     }
     for (const [s, n] of holding) assert.isAtMost(n, CAPACITY[s]!, `${s} holds no more than its capacity`)
 
-    const llms = yield* sql<{ providerSessionId: string; status: string }>`SELECT provider_session_id, status FROM llms`
+    const llms = yield* sql<{ providerSessionId: string; status: string }>`SELECT provider_session_id, status FROM llm_relay.llms`
     for (const l of llms) {
       assert.strictEqual(l.status, m.active.get(l.providerSessionId) ? "active" : "inactive", `row of ${l.providerSessionId}`)
     }
@@ -362,7 +362,7 @@ const crashCmd = (si: number) =>
     Effect.gen(function* () {
       const s = SESSIONS[si]!
       const sql = yield* SqlClient.SqlClient
-      yield* sql`UPDATE publisher_sessions SET instance_id = 'instance-dead' WHERE id = ${s}`
+      yield* sql`UPDATE llm_relay.publisher_sessions SET instance_id = 'instance-dead' WHERE id = ${s}`
       const lost = heldBy(m, s)
       assert.strictEqual(yield* (yield* queue).startupRecovery, lost.length)
       for (const t of lost) loseHolder(m, t)
@@ -375,7 +375,7 @@ const rebindCmd = (si: number) =>
     Effect.gen(function* () {
       const s = SESSIONS[si]!
       const sql = yield* SqlClient.SqlClient
-      yield* sql`UPDATE publisher_sessions SET instance_id = 'instance-test' WHERE id = ${s}`
+      yield* sql`UPDATE llm_relay.publisher_sessions SET instance_id = 'instance-test' WHERE id = ${s}`
       yield* (yield* Registry).bindSession(s)
       m.active.set(s, true)
     }))
@@ -492,7 +492,7 @@ layer(QueueForCommands, { timeout: 180_000 })("task lifecycle, model-based", (it
         const sql = yield* SqlClient.SqlClient
         const registry = yield* Registry
         const signals = yield* Signals
-        yield* sql`TRUNCATE inference_tasks, llms, publisher_sessions CASCADE`
+        yield* sql`TRUNCATE llm_relay.inference_tasks, llm_relay.llms, llm_relay.publisher_sessions CASCADE`
         for (const s of SESSIONS) {
           yield* registry.register("cmd-principal", {
             sessionId: s,

@@ -207,8 +207,8 @@ const send = (kind: PostKind, p: Post) =>
 const snapshot = (taskId: string) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
     Effect.all([
-      sql`SELECT * FROM inference_tasks WHERE id = ${taskId}`,
-      sql`SELECT seq, chunks FROM inference_task_chunks WHERE task_id = ${taskId} ORDER BY seq`
+      sql`SELECT * FROM llm_relay.inference_tasks WHERE id = ${taskId}`,
+      sql`SELECT seq, chunks FROM llm_relay.inference_task_chunks WHERE task_id = ${taskId} ORDER BY seq`
     ]).pipe(Effect.map((parts) => JSON.stringify(parts)), Effect.orDie))
 
 layer(QueueTest)("publisher posts are fenced by holder and attempt", (it) => {
@@ -244,7 +244,7 @@ layer(QueueTest)("publisher posts are fenced by holder and attempt", (it) => {
       const t = yield* heldTask
       yield* queue.appendChunks(t.holder, t.taskId, [], t.attempt)
       assert.strictEqual(Option.getOrThrow(yield* queue.get(t.taskId)).status, "running")
-      const stored = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM inference_task_chunks WHERE task_id = ${t.taskId}`
+      const stored = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_task_chunks WHERE task_id = ${t.taskId}`
       assert.strictEqual(stored[0]!.n, 0)
       // …and, having no output, the task may still go back to the queue
       yield* queue.revertHeldBy(t.holder)

@@ -116,7 +116,7 @@ layer(QueueForLifecycle, { timeout: 120_000 })("task lifecycle (property)", (it)
         const sql = yield* SqlClient.SqlClient
         const queue = yield* TaskQueue
         const registry = yield* Registry
-        yield* sql`TRUNCATE inference_tasks, llms, publisher_sessions CASCADE`
+        yield* sql`TRUNCATE llm_relay.inference_tasks, llm_relay.llms, llm_relay.publisher_sessions CASCADE`
         for (const [i, s] of SESSIONS.entries()) {
           yield* registry.register("prop-principal", {
             sessionId: s,
@@ -315,7 +315,7 @@ layer(QueueForLifecycle, { timeout: 120_000 })("task lifecycle (property)", (it)
             attempts: number
             chunkCount: number
             completedAt: Date | null
-          }>`SELECT id, status, claimed_by, attempts, chunk_count, completed_at FROM inference_tasks`
+          }>`SELECT id, status, claimed_by, attempts, chunk_count, completed_at FROM llm_relay.inference_tasks`
           assert.strictEqual(rows.length, model.size, "tasks are conserved (none lost but by retention)")
           assert.strictEqual(seq - deleted, model.size)
           const perSession = new Map<string, number>()

@@ -36,7 +36,7 @@ interface Row {
 }
 const rowsOf = (pool: string) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql<Row>`SELECT id, status, claimed_by, attempts, error_type, chunk_count FROM inference_tasks WHERE pool = ${pool}`.pipe(
+    sql<Row>`SELECT id, status, claimed_by, attempts, error_type, chunk_count FROM llm_relay.inference_tasks WHERE pool = ${pool}`.pipe(
       Effect.map((rows) => new Map(rows.map((r) => [r.id, r] as const))),
       Effect.orDie
     ))
@@ -192,7 +192,7 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
         Effect.zipRight(midway.arrive, Effect.either(queue.appendChunks(s!, f.taskId, ["part"], f.attempt))), { concurrency: 12 })
       yield* Fiber.join(revert)
       const rows = yield* rowsOf(pool)
-      const stored = yield* sql<{ taskId: string }>`SELECT task_id FROM inference_task_chunks c JOIN inference_tasks t ON t.id = c.task_id WHERE t.pool = ${pool}`
+      const stored = yield* sql<{ taskId: string }>`SELECT task_id FROM llm_relay.inference_task_chunks c JOIN llm_relay.inference_tasks t ON t.id = c.task_id WHERE t.pool = ${pool}`
       const withOutput = new Set(stored.map((c) => c.taskId))
       for (const [i, result] of results.entries()) {
         const id = frames[i]!.taskId
@@ -261,7 +261,7 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
       yield* Effect.forEach(batches, (batch) => queue.appendChunks(s!, id, batch, frame!.attempt), { concurrency: 12, discard: true })
       yield* queue.complete(s!, id, { status: 200 }, frame!.attempt)
       const stored = yield* sql<{ seq: number; chunks: ReadonlyArray<string> }>`
-        SELECT seq, chunks FROM inference_task_chunks WHERE task_id = ${id} ORDER BY seq`
+        SELECT seq, chunks FROM llm_relay.inference_task_chunks WHERE task_id = ${id} ORDER BY seq`
       assert.deepStrictEqual(stored.map((b) => b.seq), Array.from({ length: 40 }, (_, i) => i + 1))
       assert.sameDeepMembers(stored.map((b) => [...b.chunks]), batches, "each batch stored once, whole")
       assert.deepStrictEqual(yield* live(Fiber.join(received), "the waiter's stream"), stored.flatMap((b) => b.chunks))

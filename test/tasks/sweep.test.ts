@@ -16,7 +16,7 @@ const claim = (sessionId: string) => Effect.flatMap(TaskQueue, (q) => q.claimFor
 
 /** Every row as it stands, to compare before and after a pass. */
 const everything = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  sql`SELECT * FROM inference_tasks ORDER BY seq`.pipe(Effect.map((rows) => JSON.stringify(rows)), Effect.orDie))
+  sql`SELECT * FROM llm_relay.inference_tasks ORDER BY seq`.pipe(Effect.map((rows) => JSON.stringify(rows)), Effect.orDie))
 
 describe("sweep", () => {
   it.effect("a second pass at the same instant finds nothing to do and changes nothing", () =>
@@ -127,7 +127,7 @@ describe("sweep", () => {
       assert.strictEqual(result.deleted, 4, "four old terminal tasks, two per statement")
       assert.strictEqual(yield* countTasks, 1)
       assert.strictEqual((yield* row(tasks[4]!.id))!.status, "completed")
-      const chunks = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM inference_task_chunks`
+      const chunks = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_task_chunks`
       assert.strictEqual(chunks[0]!.n, 0, "their output went with them")
     }).pipe(Effect.provide(queueLayer({ config: { retentionBatchSize: 2 } }))))
 })
@@ -145,7 +145,7 @@ describe("startup recovery", () => {
       yield* claim("dead-session")
       yield* queue.appendChunks("dead-session", started.id, ["part"], 1)
       yield* queue.complete("dead-session", finished.id, { status: 200 }, 1)
-      yield* sql`UPDATE publisher_sessions SET instance_id = 'instance-dead' WHERE id = 'dead-session'`
+      yield* sql`UPDATE llm_relay.publisher_sessions SET instance_id = 'instance-dead' WHERE id = 'dead-session'`
       assert.strictEqual(yield* queue.startupRecovery, 2)
       assert.strictEqual((yield* row(quiet.id))!.status, "pending")
       assert.strictEqual((yield* row(started.id))!.errorType, "PublisherDisconnected")

@@ -91,8 +91,8 @@ describe("the chunk stream", () => {
       const id = yield* streamingTask
       const w = yield* follow(yield* queue.waitFor(id, "1 minute"))
       // batch 1 lands without a signal (as when a NOTIFY is lost)
-      yield* sql`UPDATE inference_tasks SET status = 'running', output_started = true, chunk_count = 1 WHERE id = ${id}`
-      yield* sql`INSERT INTO inference_task_chunks (task_id, seq, chunks) VALUES (${id}, 1, ARRAY['lost-1', 'lost-2'])`
+      yield* sql`UPDATE llm_relay.inference_tasks SET status = 'running', output_started = true, chunk_count = 1 WHERE id = ${id}`
+      yield* sql`INSERT INTO llm_relay.inference_task_chunks (task_id, seq, chunks) VALUES (${id}, 1, ARRAY['lost-1', 'lost-2'])`
       yield* queue.appendChunks("session-s", id, ["after"], 1) // its signal says seq 2: the waiter sees the gap
       // no clock move: the slow poll cannot be what delivers them
       assert.deepStrictEqual(yield* w.next(3), ["lost-1", "lost-2", "after"])
@@ -107,8 +107,8 @@ describe("the chunk stream", () => {
       const waiter = yield* queue.waitFor(id, "1 minute")
       const w = yield* follow(waiter)
       const result = yield* Effect.fork(waiter.result)
-      yield* sql`INSERT INTO inference_task_chunks (task_id, seq, chunks) VALUES (${id}, 1, ARRAY['only'])`
-      yield* sql`UPDATE inference_tasks SET status = 'completed', output_started = true, chunk_count = 1,
+      yield* sql`INSERT INTO llm_relay.inference_task_chunks (task_id, seq, chunks) VALUES (${id}, 1, ARRAY['only'])`
+      yield* sql`UPDATE llm_relay.inference_tasks SET status = 'completed', output_started = true, chunk_count = 1,
                    response_status = 200, completed_at = now() WHERE id = ${id}`
       yield* TestClock.adjust("4 seconds")
       assert.isTrue(Option.isNone(yield* Fiber.poll(result)), "no signal, no poll yet")
@@ -141,7 +141,7 @@ describe("the chunk stream", () => {
       const waiter = yield* queue.waitFor(id, "1 minute")
       const w = yield* follow(waiter)
       const result = yield* Effect.fork(Effect.either(waiter.result))
-      yield* sql`DELETE FROM inference_tasks WHERE id = ${id}`
+      yield* sql`DELETE FROM llm_relay.inference_tasks WHERE id = ${id}`
       yield* TestClock.adjust("5 seconds") // the poll finds the row gone
       const outcome = yield* within(Fiber.join(result), "the waiter to notice")
       assert.strictEqual(Either.isLeft(outcome) ? outcome.left._tag : "completed", "TaskCancelled")

@@ -1,12 +1,14 @@
 import { HttpApiBuilder } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import { Effect, Layer } from "effect"
+import { MetricsRepo } from "../../metrics/Repo.js"
 import { RelayApi } from "../Api.js"
 import { NotReady } from "../groups/ops.js"
 
 export const OpsLive = HttpApiBuilder.group(RelayApi, "ops", (handlers) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
+    const metrics = yield* MetricsRepo
     return handlers
       .handle("healthz", () => Effect.succeed({ status: "ok" as const }))
       .handle("readyz", () =>
@@ -17,10 +19,8 @@ export const OpsLive = HttpApiBuilder.group(RelayApi, "ops", (handlers) =>
         ))
       .handle("metrics", () =>
         Effect.gen(function* () {
-          const tasks = yield* sql<{ status: string; n: number }>`
-            SELECT status::text AS status, count(*)::int AS n FROM inference_tasks GROUP BY status`
-          const llms = yield* sql<{ kind: string; status: string; n: number }>`
-            SELECT kind, status, count(*)::int AS n FROM llms GROUP BY kind, status`
+          const tasks = yield* metrics.tasksByStatus
+          const llms = yield* metrics.llmsByKindAndStatus
           const lines = [
             "# HELP llm_relay_tasks Inference tasks by status.",
             "# TYPE llm_relay_tasks gauge",
@@ -31,4 +31,4 @@ export const OpsLive = HttpApiBuilder.group(RelayApi, "ops", (handlers) =>
           ]
           return lines.join("\n") + "\n"
         }).pipe(Effect.orDie))
-  }))
+  })).pipe(Layer.provide(MetricsRepo.layer))
