@@ -3,21 +3,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Option, TestClock } from "effect"
 import { Registry } from "../../src/registry/Registry.js"
 import { RegistryTest } from "../support/layers.js"
-
-const provider = (name: string, extra: Record<string, unknown> = {}) => ({
-  name,
-  type: "openai",
-  model: "Qwen/Qwen2.5-7B-Instruct-AWQ",
-  ...extra
-})
-
-/** Insert a public LLM row directly (the admin route comes with the HTTP API). */
-const insertPublic = (name: string) =>
-  Effect.gen(function* () {
-    const sql = yield* SqlClient.SqlClient
-    yield* sql`INSERT INTO llms (id, name, kind, model, url, pool, status, created_at, updated_at)
-      VALUES (${`pub-${name}`}, ${name}, 'public', 'm', 'http://upstream/v1', ${name}, 'active', ${new Date(0)}, ${new Date(0)})`
-  })
+import { insertPublic, provider } from "../support/registry.js"
 
 const countLlms = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   sql<{ n: number }>`SELECT count(*)::int AS n FROM llms`.pipe(Effect.map((r) => r[0]!.n))

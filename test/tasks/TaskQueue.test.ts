@@ -5,13 +5,12 @@
  */
 import { SqlClient } from "@effect/sql"
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Exit, Fiber, Option, Queue, Stream, TestClock } from "effect"
+import { Chunk, Effect, Exit, Fiber, Option, Stream, TestClock } from "effect"
 import { InstanceId } from "../../src/config.js"
 import { Signals } from "../../src/signals/Signals.js"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
-import { countTasks, enqueue, insertPublic, QueueTest, row, serve } from "../support/tasks.js"
-
-const claim = (sessionId: string) => Effect.flatMap(TaskQueue, (q) => q.claimFor(sessionId))
+import { insertPublic } from "../support/registry.js"
+import { claim, countTasks, drain, enqueue, QueueTest, row, serve } from "../support/tasks.js"
 
 describe("seed 003: the task row", () => {
   it.effect("a fresh task is pending, with claim and completion fields null and streaming false", () =>
@@ -353,7 +352,7 @@ describe("timeouts under TestClock", () => {
       yield* TestClock.adjust("2 minutes")
       assert.strictEqual((yield* queue.sweep).timedOut, 1)
       assert.strictEqual((yield* row(task.id))!.errorType, "Timeout")
-      const received = Chunk.toReadonlyArray(yield* Queue.takeAll(events))
+      const received = yield* drain(events)
       assert.isTrue(received.some((e) => e._tag === "Cancel" && e.taskId === task.id))
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 

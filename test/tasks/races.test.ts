@@ -6,9 +6,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { assert, it, layer } from "@effect/vitest"
-import { Deferred, Effect, Either, Fiber, Ref, Stream, TestClock, TestServices } from "effect"
+import { Deferred, Effect, Fiber, Ref, Stream, TestClock } from "effect"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
-import { enqueue, queueLayer, serve } from "../support/tasks.js"
+import { enqueue, live, queueLayer, serve, tagOf } from "../support/tasks.js"
 
 const CONNECTIONS = 16
 const N = 100
@@ -41,12 +41,6 @@ const rowsOf = (pool: string) =>
       Effect.orDie
     ))
 
-/** Real time: waiting for other connections is not something TestClock can move. */
-const live = <A, E, R>(effect: Effect.Effect<A, E, R>, label: string) =>
-  TestServices.provideLive(
-    effect.pipe(Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error(`timed out: ${label}`) }))
-  ).pipe(Effect.orDie)
-
 /** Resolves once `n` calls of `arrive` happened: a trigger in the middle of a race, or a barrier. */
 const countdown = (n: number) =>
   Effect.gen(function* () {
@@ -55,8 +49,6 @@ const countdown = (n: number) =>
     const arrive = Effect.flatMap(Ref.updateAndGet(count, (c) => c + 1), (c) => (c >= n ? Deferred.succeed(reached, undefined) : Effect.void))
     return { arrive, reached: Deferred.await(reached) }
   })
-
-const tagOf = <E extends { readonly _tag: string }>(e: Either.Either<unknown, E>) => (Either.isLeft(e) ? e.left._tag : "ok")
 
 layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races on separate connections", (it) => {
   it.effect("12 claimers, on 12 connections at once, while tasks keep arriving: every task claimed exactly once", () =>
@@ -79,7 +71,7 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
               const [{ pid }] = yield* sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`
               pids.add(pid!)
               yield* barrier.arrive
-              yield* live(barrier.reached, "12 claimers holding 12 connections at once")
+              yield* live(barrier.reached, "12 claimers holding 12 connections at once", "20 seconds")
               return yield* queue.claimFor(s)
             })
           )
@@ -243,7 +235,7 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
       const frames = yield* queue.claimFor(s!)
       const results = yield* Effect.forEach(frames, (f) =>
         Effect.all([1, 2].map((n) => Effect.either(queue.complete(s!, f.taskId, { status: 200, body: { n } }, f.attempt))), { concurrency: 2 }), { concurrency: CONNECTIONS / 2 })
-      assert.deepStrictEqual(results.flat().map(tagOf), Array.from({ length: 2 * N }, () => "ok"))
+      assert.deepStrictEqual(results.flat().map((o) => tagOf(o)), Array.from({ length: 2 * N }, () => "ok"))
       for (const r of (yield* rowsOf(pool)).values()) assert.strictEqual(r.status, "completed")
     }))
 
@@ -264,7 +256,7 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
         SELECT seq, chunks FROM inference_task_chunks WHERE task_id = ${id} ORDER BY seq`
       assert.deepStrictEqual(stored.map((b) => b.seq), Array.from({ length: 40 }, (_, i) => i + 1))
       assert.sameDeepMembers(stored.map((b) => [...b.chunks]), batches, "each batch stored once, whole")
-      assert.deepStrictEqual(yield* live(Fiber.join(received), "the waiter's stream"), stored.flatMap((b) => b.chunks))
+      assert.deepStrictEqual(yield* live(Fiber.join(received), "the waiter's stream", "20 seconds"), stored.flatMap((b) => b.chunks))
     }).pipe(Effect.scoped))
 })
 
