@@ -13,7 +13,7 @@ import { claim, drain, enqueue, QueueTest, row, serve } from "../support/tasks.j
 
 const ids = (frames: ReadonlyArray<{ readonly taskId: string }>) => frames.map((f) => f.taskId)
 
-describe("claimFor", () => {
+describe("claiming tasks for a session", () => {
   it.effect("takes no more than each row's free capacity, and more once a held task ends", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue

@@ -16,7 +16,7 @@ import { claim, countTasks, drain, enqueue, queueLayer, QueueTest, row, serve } 
 const everything = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   sql`SELECT * FROM inference_tasks ORDER BY seq`.pipe(Effect.map((rows) => JSON.stringify(rows)), Effect.orDie))
 
-describe("sweep", () => {
+describe("the periodic sweep of tasks", () => {
   it.effect("a second pass at the same instant finds nothing to do and changes nothing", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
