@@ -3,27 +3,13 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Option, TestClock } from "effect"
 import { Registry } from "../../src/registry/Registry.js"
 import { RegistryTest } from "../support/layers.js"
-
-const provider = (name: string, extra: Record<string, unknown> = {}) => ({
-  name,
-  type: "openai",
-  model: "Qwen/Qwen2.5-7B-Instruct-AWQ",
-  ...extra
-})
-
-/** Insert a public LLM row directly (the admin route comes with the HTTP API). */
-const insertPublic = (name: string) =>
-  Effect.gen(function* () {
-    const sql = yield* SqlClient.SqlClient
-    yield* sql`INSERT INTO llm_relay.llms (id, name, kind, model, url, pool, status, created_at, updated_at)
-      VALUES (${`pub-${name}`}, ${name}, 'public', 'm', 'http://upstream/v1', ${name}, 'active', ${new Date(0)}, ${new Date(0)})`
-  })
+import { insertPublic, provider } from "../support/registry.js"
 
 const countLlms = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.llms`.pipe(Effect.map((r) => r[0]!.n))
 )
 
-describe("Registry.register", () => {
+describe("registering a publisher session", () => {
   it.effect("inserts new virtual rows, active, owned by the new session", () =>
     Effect.gen(function* () {
       const registry = yield* Registry
@@ -158,8 +144,8 @@ describe("Registry.register", () => {
   })
 })
 
-describe("Registry sessions", () => {
-  it.effect("heartbeat bumps lastHeartbeatAt and revives an inactive row", () =>
+describe("a session's heartbeat and binding", () => {
+  it.effect("a heartbeat records when it came and revives an inactive row", () =>
     Effect.gen(function* () {
       const registry = yield* Registry
       yield* TestClock.setTime(10_000)
@@ -173,14 +159,14 @@ describe("Registry sessions", () => {
       assert.strictEqual(row.lastHeartbeatAt?.getTime(), 15_000)
     }).pipe(Effect.provide(RegistryTest)))
 
-  it.effect("heartbeat of an unknown session is SessionNotFound", () =>
+  it.effect("a heartbeat of an unknown session is SessionNotFound", () =>
     Effect.gen(function* () {
       const registry = yield* Registry
       const failure = yield* Effect.flip(registry.heartbeat("no-such-session"))
       assert.strictEqual(failure._tag, "SessionNotFound")
     }).pipe(Effect.provide(RegistryTest)))
 
-  it.effect("unbindSession flips only the session's own rows to inactive", () =>
+  it.effect("unbinding a session makes only its own rows inactive", () =>
     Effect.gen(function* () {
       const registry = yield* Registry
       yield* registry.register("p", { sessionId: "sess-mine", providers: [provider("a"), provider("b")] })
@@ -193,7 +179,7 @@ describe("Registry sessions", () => {
       assert.strictEqual(yield* status("c"), "active")
     }).pipe(Effect.provide(RegistryTest)))
 
-  it.effect("bindSession brings the session's rows back online", () =>
+  it.effect("binding a session brings its rows back online", () =>
     Effect.gen(function* () {
       const registry = yield* Registry
       yield* registry.register("p", { sessionId: "sess-bind", providers: [provider("a")] })
@@ -203,7 +189,7 @@ describe("Registry sessions", () => {
     }).pipe(Effect.provide(RegistryTest)))
 })
 
-describe("Registry.gcSweep", () => {
+describe("the registry's sweep of silent and long-inactive rows", () => {
   it.effect("flips heartbeat-stale active rows to inactive and leaves fresh ones", () =>
     Effect.gen(function* () {
       const registry = yield* Registry

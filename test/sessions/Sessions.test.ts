@@ -11,6 +11,7 @@ import { Sessions } from "../../src/sessions/Sessions.js"
 import { Sweeper } from "../../src/sweeper/Sweeper.js"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
 import { ConfigTest } from "../support/layers.js"
+import { provider } from "../support/registry.js"
 import * as TestDatabase from "../support/TestDatabase.js"
 
 const Base = Broker.services.pipe(Layer.provideMerge(Layer.merge(TestDatabase.layer, ConfigTest)))
@@ -18,8 +19,6 @@ const Base = Broker.services.pipe(Layer.provideMerge(Layer.merge(TestDatabase.la
 const Manual = Sweeper.layerManual.pipe(Layer.provideMerge(Base))
 /** The broker's services with the sweep fiber running on its schedule. */
 const Scheduled = Sweeper.layer.pipe(Layer.provideMerge(Base))
-
-const provider = (name: string, maxConcurrent = 4) => ({ name, type: "openai", model: "m", maxConcurrent })
 
 /** Real time passes (the sweep and the actor do real SQL) until `check` holds, or fails after ~3 s. */
 const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string, attempts = 150) =>
@@ -108,7 +107,7 @@ describe("SessionActor", () => {
     Effect.gen(function* () {
       const registry = yield* Registry
       const queue = yield* TaskQueue
-      yield* registry.register("pub", { sessionId: "sess-cap", providers: [provider("cap", 2)] })
+      yield* registry.register("pub", { sessionId: "sess-cap", providers: [provider("cap", { maxConcurrent: 2 })] })
       const tasks = yield* Effect.forEach([1, 2, 3, 4, 5], (i) => enqueue("cap", `q${i}`))
       const { frames } = yield* openStream("sess-cap", yield* Scope.make())
       yield* eventually(Effect.map(Queue.size(frames), (n) => n >= 2), "two task frames")
@@ -132,7 +131,7 @@ describe("SessionActor", () => {
       const queue = yield* TaskQueue
       yield* registry.register("pub", {
         sessionId: "sess-twins",
-        providers: [{ ...provider("twin-a", 1), pool: "twins" }, { ...provider("twin-b", 1), pool: "twins" }]
+        providers: [provider("twin-a", { maxConcurrent: 1, pool: "twins" }), provider("twin-b", { maxConcurrent: 1, pool: "twins" })]
       })
       // Queued before the stream opens: one claim statement serves both rows,
       // and both pick the oldest task; one row gets it, and the actor must look
@@ -241,7 +240,7 @@ describe("the scheduled sweep", () => {
     Effect.gen(function* () {
       const registry = yield* Registry
       const queue = yield* TaskQueue
-      yield* registry.register("pub", { sessionId: "sess-noack", providers: [provider("noack", 1)] })
+      yield* registry.register("pub", { sessionId: "sess-noack", providers: [provider("noack", { maxConcurrent: 1 })] })
       yield* registry.bindSession("sess-noack")
       const task = yield* enqueue("noack")
       const frames = yield* queue.claimFor("sess-noack")

@@ -1,7 +1,8 @@
 /** Helpers for TaskQueue tests: the queue over a fresh database, rows to enqueue against. */
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Redacted } from "effect"
+import { assert } from "@effect/vitest"
+import { Chunk, type Duration, Effect, Either, Layer, Queue, Redacted, TestServices } from "effect"
 import { InstanceId, RelayConfig, type RelayConfigShape } from "../../src/config.js"
 import { clientOptions } from "../../src/db/Database.js"
 import { migrate } from "../../src/db/Migrator.js"
@@ -59,12 +60,31 @@ export const row = (id: string) =>
 export const countTasks = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_tasks`.pipe(Effect.map((r) => r[0]!.n), Effect.orDie))
 
-/** Inserts a public LLM row directly. */
-export const insertPublic = (name: string) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql`INSERT INTO llm_relay.llms (id, name, kind, model, url, pool, status, created_at, updated_at)
-      VALUES (${`pub-${name}`}, ${name}, 'public', 'm', 'http://upstream/v1', ${name}, 'active', ${new Date(0)}, ${new Date(0)})`
-      .pipe(Effect.orDie))
+/** What a session's claim takes right now: its task frames. */
+export const claim = (sessionId: string) => Effect.flatMap(TaskQueue, (q) => q.claimFor(sessionId))
+
+/** A claim that must take exactly one task: its frame. */
+export const claimOne = (sessionId: string) =>
+  Effect.map(claim(sessionId), (frames) => {
+    assert.strictEqual(frames.length, 1, `${sessionId} claims exactly one task`)
+    return frames[0]!
+  })
+
+/** Everything a subscription has received and nobody took yet. */
+export const drain = <A>(queue: Queue.Dequeue<A>) => Effect.map(Queue.takeAll(queue), Chunk.toReadonlyArray)
+
+/**
+ * Real time, with a deadline, for waiting on fibers that talk to PostgreSQL
+ * (the tests' clock is a TestClock, which cannot move other connections on).
+ */
+export const live = <A, E, R>(effect: Effect.Effect<A, E, R>, label: string, timeout: Duration.DurationInput = "5 seconds") =>
+  TestServices.provideLive(
+    effect.pipe(Effect.timeoutFail({ duration: timeout, onTimeout: () => new Error(`timed out: ${label}`) }))
+  ).pipe(Effect.orDie)
+
+/** A post's or a waiter's outcome: the error's tag, or `ok` for a success. */
+export const tagOf = <E extends { readonly _tag: string }>(outcome: Either.Either<unknown, E>, ok = "ok") =>
+  Either.isLeft(outcome) ? outcome.left._tag : ok
 
 /**
  * The queue over its own fresh database, with config overrides and a wider

@@ -1,19 +1,18 @@
 /**
- * The task queue against real PostgreSQL: seed 003's behaviours, every typed
+ * The task queue against real PostgreSQL: the task row as stored and drained, every typed
  * outcome of a lost compare-and-set, disconnect handling, the timeouts under
  * TestClock, waiters, and a claim race on separate connections.
  */
 import { SqlClient } from "@effect/sql"
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Exit, Fiber, Option, Queue, Stream, TestClock } from "effect"
+import { Chunk, Effect, Exit, Fiber, Option, Stream, TestClock } from "effect"
 import { InstanceId } from "../../src/config.js"
 import { Signals } from "../../src/signals/Signals.js"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
-import { countTasks, enqueue, insertPublic, QueueTest, row, serve } from "../support/tasks.js"
+import { insertPublic } from "../support/registry.js"
+import { claim, countTasks, drain, enqueue, QueueTest, row, serve } from "../support/tasks.js"
 
-const claim = (sessionId: string) => Effect.flatMap(TaskQueue, (q) => q.claimFor(sessionId))
-
-describe("seed 003: the task row", () => {
+describe("the task row", () => {
   it.effect("a fresh task is pending, with claim and completion fields null and streaming false", () =>
     Effect.gen(function* () {
       yield* serve("session-a", [{ name: "qwen-prod-1", pool: "qwen-pool" }])
@@ -30,7 +29,7 @@ describe("seed 003: the task row", () => {
       assert.isNull(task.llmName, "a pool task is not pinned")
     }).pipe(Effect.provide(QueueTest)))
 
-  it.effect("round-trips streaming=true and a structured requestBody and responseBody", () =>
+  it.effect("a streaming task's flag and structured request and response bodies come back exactly as stored", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
       yield* serve("session-a", [{ name: "qwen-prod-1" }])
@@ -70,7 +69,7 @@ describe("seed 003: the task row", () => {
       assert.deepStrictEqual(frames.map((f) => f.taskId), [urgent.id, t1.id, t2.id, t3.id])
     }).pipe(Effect.provide(QueueTest)))
 
-  it.effect("findPendingForPools lists what a bind would drain, in claim order, and takes nothing", () =>
+  it.effect("the pending tasks a bind would drain are listed in claim order, and listing them takes nothing", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
       yield* serve("session-a", [{ name: "a-1", pool: "pool-a" }, { name: "a-2", pool: "pool-a" }])
@@ -93,7 +92,7 @@ describe("seed 003: the task row", () => {
       assert.strictEqual((yield* row(t1.id))!.status, "pending", "reading takes nothing")
     }).pipe(Effect.provide(QueueTest)))
 
-  it.effect("revertHeldBy touches only that session's claimed and running tasks, never terminal ones", () =>
+  it.effect("a session's disconnect reverts only its own claimed and running tasks, never finished ones", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
       yield* serve("session-A", [{ name: "la", pool: "p", maxConcurrent: 3 }])
@@ -142,7 +141,7 @@ describe("seed 003: the task row", () => {
       assert.strictEqual(chunks[0]!.n, 0)
     }).pipe(Effect.provide(QueueTest)))
 
-  it.effect("agentId is nullable: direct chat tasks have none; agent tasks keep theirs", () =>
+  it.effect("direct chat tasks have no agent id; agent tasks keep theirs", () =>
     Effect.gen(function* () {
       yield* serve("session-a", [{ name: "l" }])
       assert.isNull((yield* enqueue("l")).agentId)
@@ -151,7 +150,7 @@ describe("seed 003: the task row", () => {
     }).pipe(Effect.provide(QueueTest)))
 })
 
-describe("enqueue", () => {
+describe("enqueueing a task", () => {
   it.effect("an unknown model is ModelNotFound; a public LLM is NotVirtual; nothing is written", () =>
     Effect.gen(function* () {
       yield* insertPublic("gpt-public")
@@ -353,11 +352,11 @@ describe("timeouts under TestClock", () => {
       yield* TestClock.adjust("2 minutes")
       assert.strictEqual((yield* queue.sweep).timedOut, 1)
       assert.strictEqual((yield* row(task.id))!.errorType, "Timeout")
-      const received = Chunk.toReadonlyArray(yield* Queue.takeAll(events))
+      const received = yield* drain(events)
       assert.isTrue(received.some((e) => e._tag === "Cancel" && e.taskId === task.id))
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
-  it.effect("waitFor times out at its deadline and not a moment before; the task is left as it is", () =>
+  it.effect("a wait times out at its deadline and not a moment before; the task is left as it is", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
@@ -374,7 +373,7 @@ describe("timeouts under TestClock", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 })
 
-describe("waitFor", () => {
+describe("waiting for a task", () => {
   it.effect("chunks arrive in order, each once, including batches stored before the waiter attached", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue

@@ -4,18 +4,16 @@
  * when work appears or a holder must let a task go.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Option, Queue } from "effect"
+import { Effect, Option } from "effect"
 import { Registry } from "../../src/registry/Registry.js"
 import type { SessionEvent } from "../../src/signals/Signals.js"
 import { Signals } from "../../src/signals/Signals.js"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
-import { enqueue, QueueTest, row, serve } from "../support/tasks.js"
+import { claim, drain, enqueue, QueueTest, row, serve } from "../support/tasks.js"
 
-const claim = (sessionId: string) => Effect.flatMap(TaskQueue, (q) => q.claimFor(sessionId))
 const ids = (frames: ReadonlyArray<{ readonly taskId: string }>) => frames.map((f) => f.taskId)
-const drain = <A>(queue: Queue.Dequeue<A>) => Effect.map(Queue.takeAll(queue), Chunk.toReadonlyArray)
 
-describe("claimFor", () => {
+describe("claiming tasks for a session", () => {
   it.effect("takes no more than each row's free capacity, and more once a held task ends", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue

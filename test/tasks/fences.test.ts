@@ -7,10 +7,10 @@
  */
 import { SqlClient } from "@effect/sql"
 import { assert, layer } from "@effect/vitest"
-import { Effect, Either, Option, TestClock } from "effect"
+import { Effect, Option, TestClock } from "effect"
 import type { Registry } from "../../src/registry/Registry.js"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
-import { enqueue, QueueTest, serve } from "../support/tasks.js"
+import { claimOne, enqueue, QueueTest, serve, tagOf } from "../support/tasks.js"
 
 type PostKind = "ack" | "chunks" | "complete" | "fail"
 const POSTS: ReadonlyArray<PostKind> = ["ack", "chunks", "complete", "fail"]
@@ -29,14 +29,6 @@ const names = () => {
   const n = `fence-${++counter}`
   return { holder: `${n}-holder`, other: `${n}-other`, pool: `${n}-pool` }
 }
-
-const claimOne = (sessionId: string) =>
-  Effect.flatMap(TaskQueue, (q) => q.claimFor(sessionId)).pipe(
-    Effect.map((frames) => {
-      assert.strictEqual(frames.length, 1, `${sessionId} claims exactly one task`)
-      return frames[0]!
-    })
-  )
 
 /** A pool served by a holder and another session; one task, claimed by the holder (attempt 1). */
 const heldTask = Effect.gen(function* () {
@@ -221,7 +213,7 @@ layer(QueueTest)("publisher posts are fenced by holder and attempt", (it) => {
           const before = yield* snapshot(post.taskId)
           yield* TestClock.adjust("1 second") // a write would now leave a different updated_at
           const outcome = yield* Effect.either(send(kind, post))
-          assert.strictEqual(Either.isLeft(outcome) ? outcome.left._tag : "ok (no-op)", expected)
+          assert.strictEqual(tagOf(outcome, "ok (no-op)"), expected)
           assert.strictEqual(yield* snapshot(post.taskId), before, "a rejected or repeated post writes nothing")
         }).pipe(Effect.orDie))
     }

@@ -6,9 +6,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { assert, it, layer } from "@effect/vitest"
-import { Deferred, Effect, Either, Fiber, Ref, Stream, TestClock, TestServices } from "effect"
+import { Deferred, Effect, Fiber, Ref, Stream, TestClock } from "effect"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
-import { enqueue, queueLayer, serve } from "../support/tasks.js"
+import { enqueue, live, queueLayer, serve, tagOf } from "../support/tasks.js"
 
 const CONNECTIONS = 16
 const N = 100
@@ -26,6 +26,15 @@ const arena = (sessions: number, capacity: number) =>
 const enqueueMany = (pool: string, n: number) =>
   Effect.forEach(Array.from({ length: n }), () => Effect.map(enqueue(pool), (t): string => t.id), { concurrency: 4 })
 
+/** A race's setup: `n` tasks in a pool of their own, all claimed by its one session (attempt 1). */
+const heldByOne = (n: number) =>
+  Effect.gen(function* () {
+    const { pool, sessions: [s] } = yield* arena(1, n)
+    yield* enqueueMany(pool, n)
+    const frames = yield* Effect.flatMap(TaskQueue, (q) => q.claimFor(s!))
+    return { pool, s: s!, frames }
+  })
+
 interface Row {
   readonly id: string
   readonly status: string
@@ -41,12 +50,6 @@ const rowsOf = (pool: string) =>
       Effect.orDie
     ))
 
-/** Real time: waiting for other connections is not something TestClock can move. */
-const live = <A, E, R>(effect: Effect.Effect<A, E, R>, label: string) =>
-  TestServices.provideLive(
-    effect.pipe(Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error(`timed out: ${label}`) }))
-  ).pipe(Effect.orDie)
-
 /** Resolves once `n` calls of `arrive` happened: a trigger in the middle of a race, or a barrier. */
 const countdown = (n: number) =>
   Effect.gen(function* () {
@@ -55,8 +58,6 @@ const countdown = (n: number) =>
     const arrive = Effect.flatMap(Ref.updateAndGet(count, (c) => c + 1), (c) => (c >= n ? Deferred.succeed(reached, undefined) : Effect.void))
     return { arrive, reached: Deferred.await(reached) }
   })
-
-const tagOf = <E extends { readonly _tag: string }>(e: Either.Either<unknown, E>) => (Either.isLeft(e) ? e.left._tag : "ok")
 
 layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races on separate connections", (it) => {
   it.effect("12 claimers, on 12 connections at once, while tasks keep arriving: every task claimed exactly once", () =>
@@ -79,7 +80,7 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
               const [{ pid }] = yield* sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`
               pids.add(pid!)
               yield* barrier.arrive
-              yield* live(barrier.reached, "12 claimers holding 12 connections at once")
+              yield* live(barrier.reached, "12 claimers holding 12 connections at once", "20 seconds")
               return yield* queue.claimFor(s)
             })
           )
@@ -127,13 +128,11 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
   it.effect("complete against cancel: one wins each task, the other learns it", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
-      const { pool, sessions: [s] } = yield* arena(1, N)
-      yield* enqueueMany(pool, N)
-      const frames = yield* queue.claimFor(s!)
+      const { pool, s, frames } = yield* heldByOne(N)
       assert.strictEqual(frames.length, N)
       const outcomes = yield* Effect.forEach(frames, (f) =>
         Effect.all([
-          Effect.either(queue.complete(s!, f.taskId, { status: 200, body: { won: true } }, f.attempt)),
+          Effect.either(queue.complete(s, f.taskId, { status: 200, body: { won: true } }, f.attempt)),
           queue.cancel(f.taskId, "the client went away")
         ], { concurrency: 2 }), { concurrency: CONNECTIONS / 2 })
       const rows = yield* rowsOf(pool)
@@ -156,13 +155,11 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
   it.effect("complete against a disconnect: each task is completed or back to pending, never both", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
-      const { pool, sessions: [s] } = yield* arena(1, N)
-      yield* enqueueMany(pool, N)
-      const frames = yield* queue.claimFor(s!)
+      const { pool, s, frames } = yield* heldByOne(N)
       const midway = yield* countdown(N / 3)
-      const revert = yield* Effect.fork(Effect.zipRight(midway.reached, queue.revertHeldBy(s!)))
+      const revert = yield* Effect.fork(Effect.zipRight(midway.reached, queue.revertHeldBy(s)))
       const results = yield* Effect.forEach(frames, (f) =>
-        Effect.zipRight(midway.arrive, Effect.either(queue.complete(s!, f.taskId, { status: 200 }, f.attempt))), { concurrency: 12 })
+        Effect.zipRight(midway.arrive, Effect.either(queue.complete(s, f.taskId, { status: 200 }, f.attempt))), { concurrency: 12 })
       const reverted = yield* Fiber.join(revert)
       const rows = yield* rowsOf(pool)
       for (const [i, result] of results.entries()) {
@@ -183,13 +180,11 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
     Effect.gen(function* () {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
-      const { pool, sessions: [s] } = yield* arena(1, N)
-      yield* enqueueMany(pool, N)
-      const frames = yield* queue.claimFor(s!)
+      const { pool, s, frames } = yield* heldByOne(N)
       const midway = yield* countdown(N / 3)
-      const revert = yield* Effect.fork(Effect.zipRight(midway.reached, queue.revertHeldBy(s!)))
+      const revert = yield* Effect.fork(Effect.zipRight(midway.reached, queue.revertHeldBy(s)))
       const results = yield* Effect.forEach(frames, (f) =>
-        Effect.zipRight(midway.arrive, Effect.either(queue.appendChunks(s!, f.taskId, ["part"], f.attempt))), { concurrency: 12 })
+        Effect.zipRight(midway.arrive, Effect.either(queue.appendChunks(s, f.taskId, ["part"], f.attempt))), { concurrency: 12 })
       yield* Fiber.join(revert)
       const rows = yield* rowsOf(pool)
       const stored = yield* sql<{ taskId: string }>`SELECT task_id FROM llm_relay.inference_task_chunks c JOIN llm_relay.inference_tasks t ON t.id = c.task_id WHERE t.pool = ${pool}`
@@ -238,12 +233,10 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
   it.effect("a holder repeating its result at the same instant: both posts succeed, one answer stays", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
-      const { pool, sessions: [s] } = yield* arena(1, N)
-      yield* enqueueMany(pool, N)
-      const frames = yield* queue.claimFor(s!)
+      const { pool, s, frames } = yield* heldByOne(N)
       const results = yield* Effect.forEach(frames, (f) =>
-        Effect.all([1, 2].map((n) => Effect.either(queue.complete(s!, f.taskId, { status: 200, body: { n } }, f.attempt))), { concurrency: 2 }), { concurrency: CONNECTIONS / 2 })
-      assert.deepStrictEqual(results.flat().map(tagOf), Array.from({ length: 2 * N }, () => "ok"))
+        Effect.all([1, 2].map((n) => Effect.either(queue.complete(s, f.taskId, { status: 200, body: { n } }, f.attempt))), { concurrency: 2 }), { concurrency: CONNECTIONS / 2 })
+      assert.deepStrictEqual(results.flat().map((o) => tagOf(o)), Array.from({ length: 2 * N }, () => "ok"))
       for (const r of (yield* rowsOf(pool)).values()) assert.strictEqual(r.status, "completed")
     }))
 
@@ -251,20 +244,18 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
     Effect.gen(function* () {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
-      const { pool, sessions: [s] } = yield* arena(1, 1)
-      yield* enqueueMany(pool, 1)
-      const [frame] = yield* queue.claimFor(s!)
+      const { s, frames: [frame] } = yield* heldByOne(1)
       const id = frame!.taskId
       const waiter = yield* queue.waitFor(id, "1 hour")
       const received = yield* Effect.fork(Effect.map(Stream.runCollect(waiter.chunks), (c) => [...c]))
       const batches = Array.from({ length: 40 }, (_, b) => [`b${b}-1`, `b${b}-2`])
-      yield* Effect.forEach(batches, (batch) => queue.appendChunks(s!, id, batch, frame!.attempt), { concurrency: 12, discard: true })
-      yield* queue.complete(s!, id, { status: 200 }, frame!.attempt)
+      yield* Effect.forEach(batches, (batch) => queue.appendChunks(s, id, batch, frame!.attempt), { concurrency: 12, discard: true })
+      yield* queue.complete(s, id, { status: 200 }, frame!.attempt)
       const stored = yield* sql<{ seq: number; chunks: ReadonlyArray<string> }>`
         SELECT seq, chunks FROM llm_relay.inference_task_chunks WHERE task_id = ${id} ORDER BY seq`
       assert.deepStrictEqual(stored.map((b) => b.seq), Array.from({ length: 40 }, (_, i) => i + 1))
       assert.sameDeepMembers(stored.map((b) => [...b.chunks]), batches, "each batch stored once, whole")
-      assert.deepStrictEqual(yield* live(Fiber.join(received), "the waiter's stream"), stored.flatMap((b) => b.chunks))
+      assert.deepStrictEqual(yield* live(Fiber.join(received), "the waiter's stream", "20 seconds"), stored.flatMap((b) => b.chunks))
     }).pipe(Effect.scoped))
 })
 
@@ -272,14 +263,12 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
 it.effect("ack against the claim-ack timeout: each task runs or goes back, and the sweep counts what it took", () =>
   Effect.gen(function* () {
     const queue = yield* TaskQueue
-    const { pool, sessions: [s] } = yield* arena(1, N)
-    yield* enqueueMany(pool, N)
-    const frames = yield* queue.claimFor(s!)
+    const { pool, s, frames } = yield* heldByOne(N)
     yield* TestClock.adjust("31 seconds")
     const midway = yield* countdown(N / 3)
     const sweep = yield* Effect.fork(Effect.zipRight(midway.reached, queue.sweep))
     const results = yield* Effect.forEach(frames, (f) =>
-      Effect.zipRight(midway.arrive, Effect.either(queue.ack(s!, f.taskId, f.attempt))), { concurrency: 12 })
+      Effect.zipRight(midway.arrive, Effect.either(queue.ack(s, f.taskId, f.attempt))), { concurrency: 12 })
     const swept = yield* Fiber.join(sweep)
     const rows = yield* rowsOf(pool)
     for (const [i, result] of results.entries()) {

@@ -6,19 +6,17 @@
  */
 import { SqlClient } from "@effect/sql"
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Queue, TestClock } from "effect"
+import { Effect, TestClock } from "effect"
 import { Registry } from "../../src/registry/Registry.js"
 import { Signals } from "../../src/signals/Signals.js"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
-import { countTasks, enqueue, queueLayer, QueueTest, row, serve } from "../support/tasks.js"
-
-const claim = (sessionId: string) => Effect.flatMap(TaskQueue, (q) => q.claimFor(sessionId))
+import { claim, countTasks, drain, enqueue, queueLayer, QueueTest, row, serve } from "../support/tasks.js"
 
 /** Every row as it stands, to compare before and after a pass. */
 const everything = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   sql`SELECT * FROM llm_relay.inference_tasks ORDER BY seq`.pipe(Effect.map((rows) => JSON.stringify(rows)), Effect.orDie))
 
-describe("sweep", () => {
+describe("the periodic sweep of tasks", () => {
   it.effect("a second pass at the same instant finds nothing to do and changes nothing", () =>
     Effect.gen(function* () {
       const queue = yield* TaskQueue
@@ -70,7 +68,7 @@ describe("sweep", () => {
         assert.deepStrictEqual((yield* claim("session-s")).map((f) => f.attempt), [attempt])
         yield* TestClock.adjust("31 seconds")
         assert.strictEqual((yield* queue.sweep).reverted, 1)
-        const received = Chunk.toReadonlyArray(yield* Queue.takeAll(events))
+        const received = yield* drain(events)
         assert.deepStrictEqual(received.map((e) => e._tag), ["Cancel", "Freed"])
         assert.strictEqual(received[0]!._tag === "Cancel" && received[0]!.taskId, task.id)
       }

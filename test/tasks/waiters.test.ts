@@ -8,15 +8,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Either, Fiber, Option, Queue, Stream, TestClock, TestServices } from "effect"
+import { Chunk, Effect, Either, Fiber, Option, Queue, Stream, TestClock } from "effect"
 import { TaskQueue, type Waiter } from "../../src/tasks/TaskQueue.js"
-import { enqueue, QueueTest, serve } from "../support/tasks.js"
-
-/** Real time, for waiting on fibers that talk to PostgreSQL (the test's clock is a TestClock). */
-const within = <A, E, R>(effect: Effect.Effect<A, E, R>, label: string) =>
-  TestServices.provideLive(
-    effect.pipe(Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error(`timed out: ${label}`) }))
-  ).pipe(Effect.orDie)
+import { claimOne, enqueue, live, QueueTest, serve } from "../support/tasks.js"
 
 /** Reads a waiter's chunk stream into a queue, so a test can wait for the n next chunks. */
 const follow = (waiter: Waiter) =>
@@ -24,15 +18,12 @@ const follow = (waiter: Waiter) =>
     const seen = yield* Queue.unbounded<string>()
     const reader = yield* Effect.fork(Stream.runForEach(waiter.chunks, (c) => Queue.offer(seen, c)))
     return {
-      next: (n: number) => Effect.map(within(Queue.takeN(seen, n), `${n} more chunk(s)`), Chunk.toReadonlyArray),
+      next: (n: number) => Effect.map(live(Queue.takeN(seen, n), `${n} more chunk(s)`), Chunk.toReadonlyArray),
       /** The stream ended; returns whatever arrived and was not taken yet (duplicates, strays). */
-      ended: Effect.zipRight(within(Fiber.join(reader), "the chunk stream to end"), Effect.map(Queue.takeAll(seen), Chunk.toReadonlyArray)),
+      ended: Effect.zipRight(live(Fiber.join(reader), "the chunk stream to end"), Effect.map(Queue.takeAll(seen), Chunk.toReadonlyArray)),
       isOpen: Effect.map(Fiber.poll(reader), Option.isNone)
     }
   })
-
-const claimOne = (sessionId: string) =>
-  Effect.flatMap(TaskQueue, (q) => q.claimFor(sessionId)).pipe(Effect.map((frames) => frames[0]!))
 
 /** A streaming task, claimed by `session-s` (attempt 1). */
 const streamingTask = Effect.gen(function* () {
@@ -113,7 +104,7 @@ describe("the chunk stream", () => {
       yield* TestClock.adjust("4 seconds")
       assert.isTrue(Option.isNone(yield* Fiber.poll(result)), "no signal, no poll yet")
       yield* TestClock.adjust("1 second")
-      assert.strictEqual((yield* within(Fiber.join(result), "the poll to see the end")).status, "completed")
+      assert.strictEqual((yield* live(Fiber.join(result), "the poll to see the end")).status, "completed")
       assert.deepStrictEqual(yield* w.next(1), ["only"])
       assert.deepStrictEqual(yield* w.ended, [])
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
@@ -143,7 +134,7 @@ describe("the chunk stream", () => {
       const result = yield* Effect.fork(Effect.either(waiter.result))
       yield* sql`DELETE FROM llm_relay.inference_tasks WHERE id = ${id}`
       yield* TestClock.adjust("5 seconds") // the poll finds the row gone
-      const outcome = yield* within(Fiber.join(result), "the waiter to notice")
+      const outcome = yield* live(Fiber.join(result), "the waiter to notice")
       assert.strictEqual(Either.isLeft(outcome) ? outcome.left._tag : "completed", "TaskCancelled")
       assert.deepStrictEqual(yield* w.ended, [], "the stream ends with the result, not at some later deadline")
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
@@ -218,7 +209,7 @@ describe("every way a task ends reaches its waiter as a typed outcome", () => {
         const waiter = yield* queue.waitFor(id, "1 day")
         const w = yield* follow(waiter)
         yield* ending.end(id)
-        const outcome = yield* within(Effect.either(waiter.result), "the outcome")
+        const outcome = yield* live(Effect.either(waiter.result), "the outcome")
         assert.isTrue(Either.isLeft(outcome), "the waiter fails")
         if (Either.isLeft(outcome)) {
           assert.strictEqual(outcome.left._tag, ending.expected)
