@@ -5,7 +5,7 @@
  * (`TaskStopped`) or give up (`PublisherFatal`).
  */
 import { type HttpClient, HttpClientRequest } from "@effect/platform"
-import { Data, Duration, Effect, Either, Schedule, Schema, Stream } from "effect"
+import { Data, Duration, Effect, Either, Schedule, Schema, Stream, Struct } from "effect"
 import { describeParseError } from "../domain/Errors.js"
 import { type RegisterRequest, Registration } from "../domain/Llm.js"
 import { errorMessageOf, parseJson } from "./Answer.js"
@@ -34,7 +34,7 @@ export interface Broker {
   readonly register: (
     request: typeof RegisterRequest.Encoded,
     first: boolean
-  ) => Effect.Effect<Registration, PublisherFatal | Disconnected>
+  ) => Effect.Effect<SessionGranted, PublisherFatal | Disconnected>
   /** One heartbeat: `forgotten` when the broker no longer knows the session; other answers count as alive. */
   readonly heartbeat: (sessionId: string) => Effect.Effect<"alive" | "forgotten", Disconnected>
   /** The session's task stream as events, until the broker closes it or it goes silent past three keepalives. */
@@ -50,7 +50,14 @@ export interface Broker {
   readonly goodbye: (sessionId: string) => Effect.Effect<void, Disconnected>
 }
 
-const decodeRegistration = Schema.decodeEither(Schema.parseJson(Registration))
+/**
+ * What a publisher reads of a registration answer (the shared `Registration`'s
+ * fields); the rows it also carries are for other clients, so their shape is
+ * no reason for a publisher to stay offline.
+ */
+export const SessionGranted = Schema.Struct(Struct.pick(Registration.fields, "sessionId", "heartbeatIntervalMs"))
+export type SessionGranted = typeof SessionGranted.Type
+const decodeRegistration = Schema.decodeEither(Schema.parseJson(SessionGranted))
 
 const postRetry = Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(5)))
 
