@@ -6,6 +6,7 @@
  */
 import { Data, Effect, Either, ParseResult, Schema } from "effect"
 import * as Fs from "node:fs"
+import { joinUpstream } from "../domain/Url.js"
 
 export class PublisherConfigError extends Data.TaggedError("PublisherConfigError")<{ readonly message: string }> {}
 
@@ -122,10 +123,6 @@ export const checkProviders = (
 
 /**
  * The upstream URL of a task: the provider's base (ending in /v1) joined with
- * the task's path without repeating /v1.
+ * the task's path without repeating /v1 (the shared `joinUpstream`).
  */
-export const upstreamUrl = (base: string, path: string): string => {
-  const trimmed = base.replace(/\/+$/, "")
-  const rest = trimmed.endsWith("/v1") && path.startsWith("/v1/") ? path.slice(3) : path
-  return `${trimmed}${rest}`
-}
+export const upstreamUrl: (base: string, path: string) => string = joinUpstream

@@ -7,12 +7,7 @@ import { type HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Stream } from "effect"
 import type { LlmRow } from "../../domain/Llm.js"
 import { UpstreamError } from "../../domain/Task.js"
-
-/** `http://h/v1` + `/v1/chat/completions` → `http://h/v1/chat/completions`. */
-export const joinUpstream = (base: string, path: string): string => {
-  const trimmed = base.replace(/\/+$/, "")
-  return trimmed.endsWith("/v1") && path.startsWith("/v1/") ? `${trimmed}${path.slice(3)}` : `${trimmed}${path}`
-}
+import { joinUpstream } from "../../domain/Url.js"
 
 export const proxyPublic = (
   row: LlmRow,
