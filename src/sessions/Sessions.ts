@@ -5,8 +5,9 @@
  * claims on a pool signal for one of its pools, on one of its tasks finishing
  * while a row was full, and on a slow poll (signals are hints).
  *
- * A second stream for the same session replaces the first: the old stream
- * ends, the session stays bound. When the current stream's scope closes
+ * The actors live in a FiberMap keyed by session id, so a second stream for
+ * the same session replaces the first: running its actor interrupts the old
+ * one, the old stream ends, the session stays bound. When the current stream's scope closes
  * (client gone, DELETE, heartbeat timeout) the session unbinds: rows inactive,
  * held tasks revert or fail.
  */
