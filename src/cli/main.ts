@@ -13,10 +13,6 @@ const root = Command.make("llm-relay").pipe(
 
 const cli = Command.run(root, { name: "llm-relay", version: "0.1.0" })
 
-// The CLI exports no traces, so spans (one per request, statement and
-// Effect.fn call) would only cost CPU on the hot path: about 12% of the
-// broker's CPU per request at concurrency 64 in the bench (A/B, two runs each). Programs that embed the Layers keep
-// their own tracer.
 /**
  * `--provider=name=…` as two words: @effect/cli reads `--flag=value` for
  * single options but not for the repeated `--provider`.
@@ -30,6 +26,10 @@ cli(normalizeArgv(process.argv)).pipe(
   Effect.catchIf(ValidationError.isValidationError, () => Effect.sync(() => {
     process.exitCode = 2
   })),
+  // The CLI exports no traces, so spans (one per request, statement and
+  // Effect.fn call) would only cost CPU on the hot path: about 12% of the
+  // broker's CPU per request at concurrency 64 in the bench (A/B, two runs
+  // each). Programs that embed the Layers keep their own tracer.
   Effect.withTracerEnabled(false),
   Effect.provide(NodeContext.layer),
   NodeRuntime.runMain({ disableErrorReporting: false })
