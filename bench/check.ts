@@ -70,7 +70,9 @@ const cpuPer = async (paths: Paths, send: () => Promise<Answer>, concurrency: nu
   const p0 = cpuSeconds(paths.publisher)
   const run = await closedLoop(send, concurrency, seconds * 1000)
   const n = run.latencies.length + run.errors
-  if (run.errors > 0) throw new Error(`${run.errors} of ${n} relayed calls failed during the guard: the figures would be wrong`)
+  if (run.errors > 0) {
+    throw new Error(`${run.errors} of ${n} relayed calls failed during the guard: the figures would be wrong`)
+  }
   return {
     broker: ((cpuSeconds(paths.broker) - b0) * 1000) / n,
     publisher: ((cpuSeconds(paths.publisher) - p0) * 1000) / n,
@@ -105,8 +107,14 @@ export const measure = async (
   }
   const calibrationCpuMs = median([before, calibration()])
   const keys = Object.keys(labels) as Array<FigureKey>
-  const raw = Object.fromEntries(keys.map((k) => [k, round(median(rounds.map((r) => r[k])), 4)])) as Record<FigureKey, number>
-  const normalized = Object.fromEntries(keys.map((k) => [k, round((raw[k] / calibrationCpuMs) * 1000, 4)])) as Record<FigureKey, number>
+  const raw = Object.fromEntries(keys.map((k) => [k, round(median(rounds.map((r) => r[k])), 4)])) as Record<
+    FigureKey,
+    number
+  >
+  const normalized = Object.fromEntries(keys.map((k) => [k, round((raw[k] / calibrationCpuMs) * 1000, 4)])) as Record<
+    FigureKey,
+    number
+  >
   return {
     calibrationCpuMs,
     raw,
@@ -155,15 +163,23 @@ export const compare = (now: GuardFigures, baseline: GuardFigures): ReadonlyArra
 
 export const printVerdicts = (now: GuardFigures, baseline: Baseline, verdicts: ReadonlyArray<Verdict>) => {
   console.log(
-    `\nperformance guard against ${Path.relative(ROOT, BASELINE)} (${baseline.revision}, ${baseline.date.slice(0, 10)}); ` +
-      `calibration ${now.calibrationCpuMs} ms CPU now, ${baseline.calibrationCpuMs} ms then; tolerance +${TOLERANCE * 100}%`
+    `\nperformance guard against ${Path.relative(ROOT, BASELINE)} (${baseline.revision}, ${
+      baseline.date.slice(0, 10)
+    }); ` +
+      `calibration ${now.calibrationCpuMs} ms CPU now, ${baseline.calibrationCpuMs} ms then; tolerance +${
+        TOLERANCE * 100
+      }%`
   )
   const width = Math.max(...verdicts.map((v) => v.label.length))
   for (const v of verdicts) {
     console.log(
-      `  ${v.pass ? "pass" : "FAIL"}  ${v.label.padEnd(width)}  ${v.now.toFixed(3)} ms now, ${v.baseline.toFixed(3)} ms baseline, ` +
+      `  ${v.pass ? "pass" : "FAIL"}  ${v.label.padEnd(width)}  ${v.now.toFixed(3)} ms now, ${
+        v.baseline.toFixed(3)
+      } ms baseline, ` +
         `${v.ratio.toFixed(3)}× calibrated`
     )
   }
-  console.log(`  (relayed ${now.relayedPerSecond} req/s at c=64 now, ${baseline.relayedPerSecond} in the baseline: wall-clock, not checked)`)
+  console.log(
+    `  (relayed ${now.relayedPerSecond} req/s at c=64 now, ${baseline.relayedPerSecond} in the baseline: wall-clock, not checked)`
+  )
 }

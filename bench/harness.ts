@@ -36,13 +36,19 @@ export const request = (
 ): Promise<Answer> =>
   new Promise((resolve, reject) => {
     const started = performance.now()
-    const payload = options.body === undefined ? undefined : typeof options.body === "string" ? options.body : JSON.stringify(options.body)
+    const payload = options.body === undefined
+      ? undefined
+      : typeof options.body === "string"
+      ? options.body
+      : JSON.stringify(options.body)
     let timer: NodeJS.Timeout | undefined
     const req = Http.request(url, {
       method: options.method ?? (payload === undefined ? "GET" : "POST"),
       agent,
       headers: {
-        ...(payload === undefined ? {} : { "content-type": "application/json", "content-length": Buffer.byteLength(payload) }),
+        ...(payload === undefined
+          ? {}
+          : { "content-type": "application/json", "content-length": Buffer.byteLength(payload) }),
         ...options.headers
       }
     }, (res) => {
@@ -63,7 +69,10 @@ export const request = (
       res.on("error", reject)
     })
     if (options.timeoutMs !== undefined) {
-      timer = setTimeout(() => req.destroy(new RequestTimeout(`no answer within ${options.timeoutMs} ms`)), options.timeoutMs)
+      timer = setTimeout(
+        () => req.destroy(new RequestTimeout(`no answer within ${options.timeoutMs} ms`)),
+        options.timeoutMs
+      )
     }
     req.on("error", (e) => {
       if (timer !== undefined) clearTimeout(timer)
@@ -85,7 +94,11 @@ export const spawnNode = async (
   ready: RegExp,
   timeoutMs = 60_000
 ): Promise<Spawned> => {
-  const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
   const spawned: Spawned = {
     child,
     output: "",
@@ -106,7 +119,10 @@ export const spawnNode = async (
   child.stdout!.on("data", append)
   child.stderr!.on("data", append)
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${ready} within ${timeoutMs} ms:\n${spawned.output}`)), timeoutMs)
+    const timer = setTimeout(
+      () => reject(new Error(`no ${ready} within ${timeoutMs} ms:\n${spawned.output}`)),
+      timeoutMs
+    )
     const check = () => {
       if (ready.test(spawned.output)) {
         clearTimeout(timer)

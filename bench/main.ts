@@ -35,6 +35,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import pg from "pg"
 import * as Embedded from "../src/db/Embedded.js"
+import { BASELINE, compare, measure, printVerdicts, readBaseline } from "./check.js"
 import {
   calibrate,
   closedLoop,
@@ -52,7 +53,6 @@ import {
   spawnNode,
   summarize
 } from "./harness.js"
-import { compare, measure, printVerdicts, readBaseline, BASELINE } from "./check.js"
 import { graphileCycle, relayCycle } from "./queueCycle.js"
 import { type IdleSession, openIdleSession, reach, scale } from "./sessionScale.js"
 
@@ -75,13 +75,18 @@ const profileDir = Path.join(ROOT, "bench/results/profiles", new Date().toISOStr
 const publisherKind = (): "cli" | "raw" => {
   if (publisherArg === "cli" || publisherArg === "raw") return publisherArg
   if (publisherArg !== undefined) throw new Error(`--publisher must be cli or raw, got '${publisherArg}'`)
-  const help = spawnSync(process.execPath, ["bin/llm-relay", "publish", "--help"], { cwd: ROOT, timeout: 30_000, encoding: "utf8" })
+  const help = spawnSync(process.execPath, ["bin/llm-relay", "publish", "--help"], {
+    cwd: ROOT,
+    timeout: 30_000,
+    encoding: "utf8"
+  })
   return help.status === 0 && /--provider/.test(help.stdout) ? "cli" : "raw"
 }
 
 const gitRevision = () => {
   const head = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).stdout.trim()
-  const dirty = spawnSync("git", ["status", "--porcelain", "--", "src", "migrations"], { cwd: ROOT, encoding: "utf8" }).stdout.trim()
+  const dirty = spawnSync("git", ["status", "--porcelain", "--", "src", "migrations"], { cwd: ROOT, encoding: "utf8" })
+    .stdout.trim()
   return head + (dirty.length > 0 ? " (src changed since)" : "")
 }
 
@@ -107,14 +112,22 @@ const fmt = (n: number, unit: string) => {
   return `${n.toFixed(digits)} ${unit}`
 }
 /** One figure: llm-relay's, its baseline's, their ratio and (for latencies) the difference. */
-const figure = (what: string, relay: number, baseline: number, unit: string, options: { diff?: boolean; prefix?: string } = {}) => {
+const figure = (
+  what: string,
+  relay: number,
+  baseline: number,
+  unit: string,
+  options: { diff?: boolean; prefix?: string } = {}
+) => {
   const ratio = relay / baseline
   table.push([
     what,
     (options.prefix ?? "") + fmt(relay, unit),
     fmt(baseline, unit),
     Number.isFinite(ratio) ? `${ratio.toFixed(ratio >= 100 ? 0 : 2)}×` : "-",
-    options.diff === true && Number.isFinite(relay - baseline) ? `${relay - baseline >= 0 ? "+" : ""}${fmt(relay - baseline, unit)}` : ""
+    options.diff === true && Number.isFinite(relay - baseline)
+      ? `${relay - baseline >= 0 ? "+" : ""}${fmt(relay - baseline, unit)}`
+      : ""
   ])
   return {
     relay: round(relay, 3),
@@ -207,7 +220,9 @@ const waitActive = async (brokerUrl: string, token: string, name: string, publis
   const deadline = performance.now() + 60_000
   while (performance.now() < deadline) {
     const answer = await request(`${brokerUrl}/v1/llms`, { headers: { authorization: `Bearer ${token}` } })
-    const llms = answer.status === 200 ? (JSON.parse(answer.text) as { data: Array<{ name: string; status: string }> }).data : []
+    const llms = answer.status === 200
+      ? (JSON.parse(answer.text) as { data: Array<{ name: string; status: string }> }).data
+      : []
     if (llms.some((l) => l.name === name && l.status === "active")) return
     if (publisher.child.exitCode !== null) break
     await sleep(100)
@@ -215,12 +230,37 @@ const waitActive = async (brokerUrl: string, token: string, name: string, publis
   throw new Error(`the publisher did not come online:\n${publisher.output}`)
 }
 
-const startPublisher = async (kind: "cli" | "raw", brokerUrl: string, token: string, upstreamUrl: string, clientToken: string) => {
+const startPublisher = async (
+  kind: "cli" | "raw",
+  brokerUrl: string,
+  token: string,
+  upstreamUrl: string,
+  clientToken: string
+) => {
   const provider = `name=bench,upstream=${upstreamUrl}/v1,model=bench-upstream,maxConcurrent=64`
   const proc = kind === "cli"
     // --quiet: no log line per task (thousands a second would be the publisher's main cost)
-    ? await spawnNode([...profileFlags(), "bin/llm-relay", "publish", "--quiet", "--server", brokerUrl, "--token", token, "--provider", provider], {}, /^/)
-    : await spawnNode(["dist/bench/rawPublisher.js", "--server", brokerUrl, "--token", token, "--provider", provider], {}, /connected to/)
+    ? await spawnNode(
+      [
+        ...profileFlags(),
+        "bin/llm-relay",
+        "publish",
+        "--quiet",
+        "--server",
+        brokerUrl,
+        "--token",
+        token,
+        "--provider",
+        provider
+      ],
+      {},
+      /^/
+    )
+    : await spawnNode(
+      ["dist/bench/rawPublisher.js", "--server", brokerUrl, "--token", token, "--provider", provider],
+      {},
+      /connected to/
+    )
   cleanups.push(proc.stop)
   await waitActive(brokerUrl, clientToken, "bench", proc)
   return proc
@@ -243,7 +283,13 @@ interface Meters {
   readonly postgresCpu: () => Promise<Map<number, number>>
 }
 
-const overhead = async (direct: string, relayed: string, headers: Record<string, string>, busy: ReadonlyArray<number>, meters: Meters) => {
+const overhead = async (
+  direct: string,
+  relayed: string,
+  headers: Record<string, string>,
+  busy: ReadonlyArray<number>,
+  meters: Meters
+) => {
   section("1. overhead, non-streaming (llm-relay = through broker+publisher, baseline = straight to the upstream)")
   progress("overhead: warming up both paths")
   await closedLoop(() => request(direct, { body: chatText }), 8, 1000)
@@ -258,8 +304,14 @@ const overhead = async (direct: string, relayed: string, headers: Record<string,
     const before = [meters.broker, meters.publisher, meters.upstream].map(cpuSeconds)
     const tx0 = await meters.transactions()
     const pg0 = await meters.postgresCpu()
-    const r = await closedLoop(() => request(relayed, { headers, body: chatText, timeoutMs: 60_000 }), concurrency, seconds * 1000)
-    const [brokerCpu, publisherCpu, upstreamCpu] = [meters.broker, meters.publisher, meters.upstream].map((pid, i) => cpuSeconds(pid) - before[i]!)
+    const r = await closedLoop(
+      () => request(relayed, { headers, body: chatText, timeoutMs: 60_000 }),
+      concurrency,
+      seconds * 1000
+    )
+    const [brokerCpu, publisherCpu, upstreamCpu] = [meters.broker, meters.publisher, meters.upstream].map((pid, i) =>
+      cpuSeconds(pid) - before[i]!
+    )
     // per backend; one that started meanwhile counts whole, one that ended is lost (rare: the pool is warm)
     let postgresCpu = 0
     for (const [pid, cpuNow] of await meters.postgresCpu()) postgresCpu += cpuNow - (pg0.get(pid) ?? 0)
@@ -293,19 +345,41 @@ const overhead = async (direct: string, relayed: string, headers: Record<string,
         "ms"
       ),
       brokerCpuPerRequest: figure(`c=${concurrency} broker CPU per request`, cpu.brokerMsPerRequest, Number.NaN, "ms"),
-      publisherCpuPerRequest: figure(`c=${concurrency} publisher CPU per request`, cpu.publisherMsPerRequest, Number.NaN, "ms"),
-      postgresCpuPerRequest: figure(`c=${concurrency} PostgreSQL CPU per request`, cpu.postgresMsPerRequest, Number.NaN, "ms"),
-      statementsPerRequest: figure(`c=${concurrency} PostgreSQL transactions per request`, cpu.postgresTransactionsPerRequest, Number.NaN, "")
+      publisherCpuPerRequest: figure(
+        `c=${concurrency} publisher CPU per request`,
+        cpu.publisherMsPerRequest,
+        Number.NaN,
+        "ms"
+      ),
+      postgresCpuPerRequest: figure(
+        `c=${concurrency} PostgreSQL CPU per request`,
+        cpu.postgresMsPerRequest,
+        Number.NaN,
+        "ms"
+      ),
+      statementsPerRequest: figure(
+        `c=${concurrency} PostgreSQL transactions per request`,
+        cpu.postgresTransactionsPerRequest,
+        Number.NaN,
+        ""
+      )
     }
     if (r.errors > 0) progress(`overhead: ${r.errors} relayed request(s) failed at concurrency ${concurrency}`)
-    if (concurrency === 64) target("≥ 2,000 relayed req/s at concurrency 64", r.perSecond >= 2000, `${round(r.perSecond, 0)} req/s`)
+    if (concurrency === 64) {
+      target("≥ 2,000 relayed req/s at concurrency 64", r.perSecond >= 2000, `${round(r.perSecond, 0)} req/s`)
+    }
   }
   // A request gives up this long after its scheduled moment (the broker cancels its task).
   const timeoutMs = quick ? 5_000 : 20_000
   for (const rate of [100, 500]) {
     progress(`overhead: open loop at ${rate} req/s, ${seconds} s per path (give up after ${timeoutMs / 1000} s)`)
     const d = await openLoop((t) => request(direct, { body: chatText, timeoutMs: t }), rate, seconds * 1000, timeoutMs)
-    const r = await openLoop((t) => request(relayed, { headers, body: chatText, timeoutMs: t }), rate, seconds * 1000, timeoutMs)
+    const r = await openLoop(
+      (t) => request(relayed, { headers, body: chatText, timeoutMs: t }),
+      rate,
+      seconds * 1000,
+      timeoutMs
+    )
     await settle(busy)
     const ds = summarize(d.latencies)
     const rs = summarize(r.latencies)
@@ -320,9 +394,15 @@ const overhead = async (direct: string, relayed: string, headers: Record<string,
       served: figure(`${rate}/s served rate`, r.perSecond, d.perSecond, "req/s")
     }
     if (r.timedOut + r.errors > 0) {
-      progress(`overhead: at ${rate}/s, ${r.timedOut} relayed request(s) timed out and ${r.errors} failed of ${Math.round(rate * seconds)}`)
+      progress(
+        `overhead: at ${rate}/s, ${r.timedOut} relayed request(s) timed out and ${r.errors} failed of ${
+          Math.round(rate * seconds)
+        }`
+      )
     }
-    if (d.lateSends + r.lateSends > 0) progress(`overhead: the load generator sent ${d.lateSends + r.lateSends} request(s) > 5 ms late`)
+    if (d.lateSends + r.lateSends > 0) {
+      progress(`overhead: the load generator sent ${d.lateSends + r.lateSends} request(s) > 5 ms late`)
+    }
     if (rate === 500) {
       target("added latency p50 ≤ 1 ms at 500 req/s", rs.p50 - ds.p50 <= 1, `${prefix}+${round(rs.p50 - ds.p50)} ms`)
       target("added latency p99 ≤ 5 ms at 500 req/s", rs.p99 - ds.p99 <= 5, `${prefix}+${round(rs.p99 - ds.p99)} ms`)
@@ -332,7 +412,12 @@ const overhead = async (direct: string, relayed: string, headers: Record<string,
 }
 
 /** 2. Streaming: time to first and last chunk of a 200-chunk answer; aggregate chunks/s with 50 streams. */
-const streaming = async (direct: string, relayed: string, headers: Record<string, string>, busy: ReadonlyArray<number>) => {
+const streaming = async (
+  direct: string,
+  relayed: string,
+  headers: Record<string, string>,
+  busy: ReadonlyArray<number>
+) => {
   section("2. streaming, 200-chunk answers (llm-relay = relayed, baseline = straight to the upstream)")
   const body = JSON.stringify({ ...chat, stream: true, max_tokens: 200 })
   const n = quick ? 20 : 100
@@ -376,7 +461,11 @@ const streaming = async (direct: string, relayed: string, headers: Record<string
   const da = await aggregate(direct, {})
   const ra = await aggregate(relayed, headers)
   await settle(busy)
-  target("time-to-first-chunk overhead ≤ 2 ms", r.first.p50 - d.first.p50 <= 2, `+${round(r.first.p50 - d.first.p50)} ms (p50)`)
+  target(
+    "time-to-first-chunk overhead ≤ 2 ms",
+    r.first.p50 - d.first.p50 <= 2,
+    `+${round(r.first.p50 - d.first.p50)} ms (p50)`
+  )
   target("≥ 50,000 chunks/s relayed", ra.chunksPerSecond >= 50_000, `${round(ra.chunksPerSecond, 0)} chunks/s`)
   return {
     direct: d,
@@ -392,9 +481,12 @@ const streaming = async (direct: string, relayed: string, headers: Record<string
 
 /** 3. The queue cycle without HTTP, against graphile-worker on the same PostgreSQL server. */
 const queueCycle = async (server: string) => {
-  section("3. queue cycle enqueue → claim → complete, no HTTP (baseline = graphile-worker, same concurrency, same server)")
+  section(
+    "3. queue cycle enqueue → claim → complete, no HTTP (baseline = graphile-worker, same concurrency, same server)"
+  )
   const tasks = quick ? 600 : 10_000
-  const fresh = async (prefix: string) => createDatabase(server, `llm_relay_bench_${prefix}_${Crypto.randomBytes(3).toString("hex")}`)
+  const fresh = async (prefix: string) =>
+    createDatabase(server, `llm_relay_bench_${prefix}_${Crypto.randomBytes(3).toString("hex")}`)
   const out: Record<string, unknown> = {}
   const theirs = new Map<number, Awaited<ReturnType<typeof graphileCycle>>>()
   for (const concurrency of [1, 8]) {
@@ -420,8 +512,11 @@ const queueCycle = async (server: string) => {
       p50: figure(`${v.label}: enqueue→done p50`, ours.latencyMs.p50, base.latencyMs.p50, "ms", { diff: true }),
       p99: figure(`${v.label}: enqueue→done p99`, ours.latencyMs.p99, base.latencyMs.p99, "ms", { diff: true })
     }
-    target(`queue cycle ≥ graphile-worker (${v.label})`, ours.perSecond >= base.perSecond,
-      `${round(ours.perSecond / base.perSecond)}× (${round(ours.perSecond, 0)} vs ${round(base.perSecond, 0)} tasks/s)`)
+    target(
+      `queue cycle ≥ graphile-worker (${v.label})`,
+      ours.perSecond >= base.perSecond,
+      `${round(ours.perSecond / base.perSecond)}× (${round(ours.perSecond, 0)} vs ${round(base.perSecond, 0)} tasks/s)`
+    )
   }
   return out
 }
@@ -466,13 +561,37 @@ const sessionScale = async (brokerDb: string) => {
       ...step,
       rss: figure(`${step.sessions} sessions: broker RSS`, step.rssMiB, baselineRss / 2 ** 20, "MiB"),
       rssPerSession: figure(`${step.sessions} sessions: RSS per session`, step.rssPerSessionKiB, Number.NaN, "KiB"),
-      quietCpu: figure(`${step.sessions} sessions: CPU, keepalives only`, step.quietCpuPercentOfOneCore, baselineIdleCpu * 100, "% core"),
-      idleCpu: figure(`${step.sessions} sessions: CPU, heartbeating`, step.idleCpuPercentOfOneCore, baselineIdleCpu * 100, "% core"),
-      idleCpuPerSession: figure(`${step.sessions} sessions: CPU per heartbeating session`, step.idleCpuMicrosecondsPerSessionPerSecond, Number.NaN, "µs/s"),
+      quietCpu: figure(
+        `${step.sessions} sessions: CPU, keepalives only`,
+        step.quietCpuPercentOfOneCore,
+        baselineIdleCpu * 100,
+        "% core"
+      ),
+      idleCpu: figure(
+        `${step.sessions} sessions: CPU, heartbeating`,
+        step.idleCpuPercentOfOneCore,
+        baselineIdleCpu * 100,
+        "% core"
+      ),
+      idleCpuPerSession: figure(
+        `${step.sessions} sessions: CPU per heartbeating session`,
+        step.idleCpuMicrosecondsPerSessionPerSecond,
+        Number.NaN,
+        "µs/s"
+      ),
       cpuPerHeartbeat: figure(`${step.sessions} sessions: CPU per heartbeat`, step.cpuMsPerHeartbeat, Number.NaN, "ms"),
-      openCpuPerSession: figure(`${step.sessions} sessions: CPU to open one`, step.openCpuMsPerSession, Number.NaN, "ms"),
-      reachP50: figure(`${step.sessions} sessions: task reaches it p50`, step.taskReachMs.p50, reachOne.p50, "ms", { diff: true }),
-      reachP99: figure(`${step.sessions} sessions: task reaches it p99`, step.taskReachMs.p99, reachOne.p99, "ms", { diff: true })
+      openCpuPerSession: figure(
+        `${step.sessions} sessions: CPU to open one`,
+        step.openCpuMsPerSession,
+        Number.NaN,
+        "ms"
+      ),
+      reachP50: figure(`${step.sessions} sessions: task reaches it p50`, step.taskReachMs.p50, reachOne.p50, "ms", {
+        diff: true
+      }),
+      reachP99: figure(`${step.sessions} sessions: task reaches it p99`, step.taskReachMs.p99, reachOne.p99, "ms", {
+        diff: true
+      })
     }
   }
   const last = steps[steps.length - 1]
@@ -497,12 +616,15 @@ const printTable = () => {
   const start = results.machineAtStart as { busyFraction: number; calibration: { wallMs: number; cpuMs: number } }
   console.log(
     `\nmachine: ${Os.cpus().length} × ${Os.cpus()[0]?.model}, node ${process.version}; ` +
-      `busy ${Math.round(start.busyFraction * 100)}% before start; calibration ${start.calibration.cpuMs} ms CPU / ${start.calibration.wallMs} ms wall`
+      `busy ${
+        Math.round(start.busyFraction * 100)
+      }% before start; calibration ${start.calibration.cpuMs} ms CPU / ${start.calibration.wallMs} ms wall`
   )
   const cells = table.filter((r): r is Cell => typeof r !== "string")
   const header: Cell = ["figure", "llm-relay", "baseline", "ratio", "difference"]
   const widths = header.map((_, i) => Math.max(...[header, ...cells].map((r) => r[i]!.length)))
-  const line = (r: ReadonlyArray<string>) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")
+  const line = (r: ReadonlyArray<string>) =>
+    r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ")
   console.log(`\n${line(header)}`)
   for (const r of table) {
     if (typeof r === "string") console.log(`\n${r}\n${widths.map((w) => "-".repeat(w)).join("-|-")}`)
@@ -519,19 +641,29 @@ const main = async () => {
   results.database = server.kind
   results.publisher = kind
   results.settings = { secondsPerPhase: seconds, sessionCounts, cpuProf }
-  progress(`mode ${check ? "check" : quick ? "quick" : "full"}, publisher ${kind}, database ${server.kind}, ${seconds} s per load phase`)
+  progress(
+    `mode ${
+      check ? "check" : quick ? "quick" : "full"
+    }, publisher ${kind}, database ${server.kind}, ${seconds} s per load phase`
+  )
   // Everything here shares the machine's cores: say how busy it was before we started.
   const otherLoad = await machineBusy(1000)
   const calibration = calibrate()
   results.machineAtStart = { busyFraction: round(otherLoad), calibration }
   if (otherLoad > 0.1) {
-    progress(`warning: the machine was ${Math.round(otherLoad * 100)}% busy before the bench started (other processes); figures will be slower and noisier`)
+    progress(
+      `warning: the machine was ${
+        Math.round(otherLoad * 100)
+      }% busy before the bench started (other processes); figures will be slower and noisier`
+    )
   }
   if (check && otherLoad > 0.2 && !args.includes("--force")) {
     // Contention inflates CPU per request (2-3× measured with a test suite running
     // beside it), and the calibration loop does not take that out: a busy
     // machine's figures would be false alarms, or a false baseline.
-    progress("the guard needs a quiet machine (other processes used more than 20% of the CPUs); stop them, or pass --force")
+    progress(
+      "the guard needs a quiet machine (other processes used more than 20% of the CPUs); stop them, or pass --force"
+    )
     process.exitCode = 2
     return
   }
@@ -555,11 +687,15 @@ const main = async () => {
       publisher: publisher.child.pid!,
       upstream: upstream.proc.child.pid!,
       transactions: async () => {
-        const r = await stats.query("SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = current_database()")
+        const r = await stats.query(
+          "SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = current_database()"
+        )
         return Number((r.rows[0] as { n: string }).n)
       },
       postgresCpu: async () => {
-        const r = await stats.query("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        const r = await stats.query(
+          "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
         const cpu = new Map<number, number>()
         for (const row of r.rows as Array<{ pid: number }>) {
           try {
@@ -583,7 +719,10 @@ const main = async () => {
     }
     if (only.has("overhead")) results.overhead = await overhead(direct, relayed, headers, busy, meters)
     if (only.has("streaming")) results.streaming = await streaming(direct, relayed, headers, busy)
-    results.processCpuSeconds = { broker: round(cpuSeconds(broker.pid) - cpuAtStart[0]!), publisher: round(cpuSeconds(publisher.child.pid!) - cpuAtStart[1]!) }
+    results.processCpuSeconds = {
+      broker: round(cpuSeconds(broker.pid) - cpuAtStart[0]!),
+      publisher: round(cpuSeconds(publisher.child.pid!) - cpuAtStart[1]!)
+    }
     results.brokerRssAfterLoadMiB = round(rssBytes(broker.pid) / 2 ** 20, 1)
     await publisher.stop()
     await broker.proc.stop()
@@ -594,15 +733,23 @@ const main = async () => {
   results.machineAtEnd = { calibration: calibrate(), loadAverage: Os.loadavg().map((n) => round(n)) }
   results.targets = targets
   results.durationSeconds = round((performance.now() - started) / 1000, 1)
-  if (cpuProf) results.profiles = Fs.existsSync(profileDir) ? Fs.readdirSync(profileDir).map((f) => Path.relative(ROOT, Path.join(profileDir, f))) : []
+  if (cpuProf) {
+    results.profiles = Fs.existsSync(profileDir)
+      ? Fs.readdirSync(profileDir).map((f) => Path.relative(ROOT, Path.join(profileDir, f)))
+      : []
+  }
 
   if (check) return finishCheck()
   printTable()
   const dir = Path.join(ROOT, "bench/results")
   Fs.mkdirSync(dir, { recursive: true })
   // a run of some scenarios only, or of other phase lengths, does not overwrite a whole run's figures
-  const partial = option("--only") !== undefined || option("--seconds") !== undefined || option("--sessions") !== undefined
-  const file = Path.join(dir, `${new Date().toISOString().slice(0, 10)}${quick ? "-quick" : ""}${partial ? "-partial" : ""}.json`)
+  const partial = option("--only") !== undefined || option("--seconds") !== undefined ||
+    option("--sessions") !== undefined
+  const file = Path.join(
+    dir,
+    `${new Date().toISOString().slice(0, 10)}${quick ? "-quick" : ""}${partial ? "-partial" : ""}.json`
+  )
   Fs.writeFileSync(file, JSON.stringify(results, null, 2) + "\n")
   console.log(`\nresults: ${Path.relative(ROOT, file)} (${results.durationSeconds} s)`)
   if (cpuProf) console.log(`profiles: ${(results.profiles as Array<string>).join(", ")}`)
@@ -615,7 +762,11 @@ const finishCheck = () => {
     const { date, revision, machine, machineAtStart } = results
     Fs.writeFileSync(BASELINE, JSON.stringify({ date, revision, machine, machineAtStart, ...figures }, null, 2) + "\n")
     console.log(`\nbaseline written: ${Path.relative(ROOT, BASELINE)}`)
-    for (const [key, value] of Object.entries(figures.raw)) console.log(`  ${key}: ${value.toFixed(3)} ms (${figures.normalized[key as keyof typeof figures.raw]} calibrated)`)
+    for (const [key, value] of Object.entries(figures.raw)) {
+      console.log(
+        `  ${key}: ${value.toFixed(3)} ms (${figures.normalized[key as keyof typeof figures.raw]} calibrated)`
+      )
+    }
     return
   }
   const baseline = readBaseline()

@@ -60,6 +60,8 @@ const show = (title: string, m: Map<string, number>) => {
     console.log(`${((us / total) * 100).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(0).padStart(7)} ms  ${k}`)
   }
 }
-console.log(`${file}: ${(total / 1e6).toFixed(1)} s sampled over ${((profile.endTime - profile.startTime) / 1e6).toFixed(1)} s`)
+console.log(
+  `${file}: ${(total / 1e6).toFixed(1)} s sampled over ${((profile.endTime - profile.startTime) / 1e6).toFixed(1)} s`
+)
 show("self time by package / file", byOwner)
 show("self time by function", byFunction)

@@ -4,7 +4,7 @@
  * PostgreSQL server, concurrency matched.
  */
 import { Effect, Layer, Redacted } from "effect"
-import { run as runGraphile, makeWorkerUtils } from "graphile-worker"
+import { makeWorkerUtils, run as runGraphile } from "graphile-worker"
 import * as Broker from "../src/Broker.js"
 import { InstanceId, RelayConfig } from "../src/config.js"
 import * as Database from "../src/db/Database.js"
@@ -27,7 +27,7 @@ export interface CycleResult {
  * tasks are in flight at most, like a graphile-worker with that concurrency.
  */
 export const relayCycle = (databaseUrl: string, tasks: number, claimers: number, capacity = 1): Promise<CycleResult> =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     yield* migrate()
     const queue = yield* TaskQueue
     const registry = yield* Registry
@@ -48,7 +48,7 @@ export const relayCycle = (databaseUrl: string, tasks: number, claimers: number,
     const producer = Effect.forEach(
       Array.from({ length: tasks }, (_, i) => i),
       (i) =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           const t0 = performance.now()
           const task = yield* queue.enqueue({
             model: pool,
@@ -63,7 +63,7 @@ export const relayCycle = (databaseUrl: string, tasks: number, claimers: number,
     )
     const claimer = (s: string) =>
       Effect.scoped(
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           const wake = yield* signals.subscribePool(pool)
           while (done < tasks) {
             const frames = yield* queue.claimFor(s)
@@ -74,7 +74,7 @@ export const relayCycle = (databaseUrl: string, tasks: number, claimers: number,
             yield* Effect.forEach(
               frames,
               (f) =>
-                Effect.gen(function* () {
+                Effect.gen(function*() {
                   yield* queue.complete(s, f.taskId, { status: 200, body: { ok: true } }, f.attempt)
                   done++
                   const t0 = enqueuedAt.get(f.taskId)

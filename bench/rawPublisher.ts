@@ -42,7 +42,12 @@ interface TaskFrame {
 
 const agent = new Http.Agent({ keepAlive: true, maxSockets: 256 })
 
-const send = (url: string, method: string, token: string | undefined, body?: unknown): Promise<{ status: number; text: string }> =>
+const send = (
+  url: string,
+  method: string,
+  token: string | undefined,
+  body?: unknown
+): Promise<{ status: number; text: string }> =>
   new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body)
     const req = Http.request(url, {
@@ -50,7 +55,9 @@ const send = (url: string, method: string, token: string | undefined, body?: unk
       agent,
       headers: {
         ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
-        ...(payload === undefined ? {} : { "content-type": "application/json", "content-length": Buffer.byteLength(payload) })
+        ...(payload === undefined
+          ? {}
+          : { "content-type": "application/json", "content-length": Buffer.byteLength(payload) })
       }
     }, (res) => {
       let text = ""
@@ -85,7 +92,11 @@ const sseData = (onData: (data: string, event: string) => void) => {
 }
 
 /** Registers, opens the task stream and serves tasks until `stop`. */
-export const startRawPublisher = async (server: string, token: string, providers: ReadonlyArray<RawProvider>): Promise<RawPublisher> => {
+export const startRawPublisher = async (
+  server: string,
+  token: string,
+  providers: ReadonlyArray<RawProvider>
+): Promise<RawPublisher> => {
   const registered = await send(`${server}/v1/publishers/sessions`, "POST", token, {
     providers: providers.map((p) => ({ name: p.name, model: p.model, type: "openai", maxConcurrent: p.maxConcurrent }))
   })
@@ -190,19 +201,23 @@ export const startRawPublisher = async (server: string, token: string, providers
   }
 
   const stream = await new Promise<Http.ClientRequest>((resolve, reject) => {
-    const req = Http.get(base, { headers: { authorization: `Bearer ${token}`, accept: "text/event-stream" } }, (res) => {
-      if (res.statusCode !== 200) return reject(new Error(`task stream answered ${res.statusCode}`))
-      res.setEncoding("utf8")
-      let ready = false
-      const parse = sseData((data, event) => {
-        if (event === "ready" && !ready) {
-          ready = true
-          resolve(req)
-        } else onFrame(data, event)
-      })
-      res.on("data", parse)
-      res.on("error", () => {})
-    })
+    const req = Http.get(
+      base,
+      { headers: { authorization: `Bearer ${token}`, accept: "text/event-stream" } },
+      (res) => {
+        if (res.statusCode !== 200) return reject(new Error(`task stream answered ${res.statusCode}`))
+        res.setEncoding("utf8")
+        let ready = false
+        const parse = sseData((data, event) => {
+          if (event === "ready" && !ready) {
+            ready = true
+            resolve(req)
+          } else onFrame(data, event)
+        })
+        res.on("data", parse)
+        res.on("error", () => {})
+      }
+    )
     req.on("error", reject)
   })
 
@@ -232,10 +247,12 @@ const flag = (name: string) => {
 }
 
 const parseProvider = (spec: string): RawProvider => {
-  const fields = new Map(spec.split(",").map((kv) => {
-    const eq = kv.indexOf("=")
-    return [kv.slice(0, eq), kv.slice(eq + 1)] as const
-  }))
+  const fields = new Map(
+    spec.split(",").map((kv) => {
+      const eq = kv.indexOf("=")
+      return [kv.slice(0, eq), kv.slice(eq + 1)] as const
+    })
+  )
   const name = fields.get("name")
   const upstream = fields.get("upstream")
   const model = fields.get("model")
@@ -246,9 +263,14 @@ const parseProvider = (spec: string): RawProvider => {
 if (process.argv[1] !== undefined && /rawPublisher\.js$/.test(process.argv[1])) {
   const server = flag("--server")
   const token = flag("--token")
-  const providers = process.argv.flatMap((a, i) => (a === "--provider" && process.argv[i + 1] !== undefined ? [parseProvider(process.argv[i + 1]!)] : []))
+  const providers = process.argv.flatMap((
+    a,
+    i
+  ) => (a === "--provider" && process.argv[i + 1] !== undefined ? [parseProvider(process.argv[i + 1]!)] : []))
   if (server === undefined || token === undefined || providers.length === 0) {
-    process.stderr.write("usage: rawPublisher.js --server URL --token TOKEN --provider name=N,upstream=URL,model=M[,maxConcurrent=K]\n")
+    process.stderr.write(
+      "usage: rawPublisher.js --server URL --token TOKEN --provider name=N,upstream=URL,model=M[,maxConcurrent=K]\n"
+    )
     process.exit(2)
   }
   startRawPublisher(server, token, providers).then(

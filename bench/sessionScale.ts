@@ -32,12 +32,18 @@ export const openIdleSession = (brokerUrl: string, token: string, name: string):
     timeoutMs: 60_000
   }).then((registered) => {
     if (registered.status !== 200) throw new Error(`register: ${registered.status} ${registered.text}`)
-    const { sessionId, heartbeatIntervalMs } = JSON.parse(registered.text) as { sessionId: string; heartbeatIntervalMs: number }
+    const { sessionId, heartbeatIntervalMs } = JSON.parse(registered.text) as {
+      sessionId: string
+      heartbeatIntervalMs: number
+    }
     const auth = { authorization: `Bearer ${token}` }
     return new Promise<IdleSession>((resolve, reject) => {
       let onTask: ((at: number) => void) | undefined
       let beat: NodeJS.Timeout | undefined
-      const req = Http.get(`${brokerUrl}/v1/publishers/sessions/${sessionId}/tasks`, { agent: streamAgent, headers: auth }, (res) => {
+      const req = Http.get(`${brokerUrl}/v1/publishers/sessions/${sessionId}/tasks`, {
+        agent: streamAgent,
+        headers: auth
+      }, (res) => {
         if (res.statusCode !== 200) return reject(new Error(`task stream: ${res.statusCode}`))
         res.setEncoding("utf8")
         let ready = false
@@ -51,7 +57,11 @@ export const openIdleSession = (brokerUrl: string, token: string, name: string):
             if (!ready && event.startsWith("event: ready")) {
               ready = true
               const heartbeat = () =>
-                void request(`${brokerUrl}/v1/publishers/sessions/${sessionId}/heartbeat`, { method: "POST", headers: auth, timeoutMs: 30_000 })
+                void request(`${brokerUrl}/v1/publishers/sessions/${sessionId}/heartbeat`, {
+                  method: "POST",
+                  headers: auth,
+                  timeoutMs: 30_000
+                })
                   .catch(() => {})
               const stopHeartbeats = () => {
                 clearTimeout(beat)
@@ -115,7 +125,12 @@ export interface ScaleStep {
 }
 
 /** Time from `POST /v1/tasks` for one session's model to its task frame, `count` times over spread sessions. */
-export const reach = async (brokerUrl: string, clientToken: string, open: ReadonlyArray<IdleSession>, count: number) => {
+export const reach = async (
+  brokerUrl: string,
+  clientToken: string,
+  open: ReadonlyArray<IdleSession>,
+  count: number
+) => {
   const times: Array<number> = []
   for (let i = 0; i < count; i++) {
     const session = open[Math.floor((i * open.length) / count)]!
@@ -158,7 +173,10 @@ export const scale = async (options: {
     while (open.length < target) {
       const batch = Math.min(64, target - open.length)
       const sessions = await Promise.all(
-        Array.from({ length: batch }, (_, i) => openIdleSession(options.brokerUrl, options.publisherToken, `idle-${open.length + i}`))
+        Array.from(
+          { length: batch },
+          (_, i) => openIdleSession(options.brokerUrl, options.publisherToken, `idle-${open.length + i}`)
+        )
       )
       open.push(...sessions)
     }
@@ -166,7 +184,9 @@ export const scale = async (options: {
     const openCpu = cpuSeconds(brokerPid) - cpuBefore
     await sleep(2000)
     const rss = rssBytes(brokerPid)
-    options.onProgress(`session scale: ${target} sessions idle for ${options.idleWindowSeconds} s, then as long heartbeating`)
+    options.onProgress(
+      `session scale: ${target} sessions idle for ${options.idleWindowSeconds} s, then as long heartbeating`
+    )
     const window = async () => {
       const cpu0 = cpuSeconds(brokerPid)
       await sleep(options.idleWindowSeconds * 1000)

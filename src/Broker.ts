@@ -16,9 +16,11 @@ import { TaskQueue } from "./tasks/TaskQueue.js"
 import { Tokens } from "./tokens/Tokens.js"
 
 /** Apply the migrations, then revert tasks held by sessions of dead broker processes. */
-export const startup = Effect.gen(function* () {
+export const startup = Effect.gen(function*() {
   const applied = yield* migrate()
-  if (applied.length > 0) yield* Effect.logInfo(`migrations applied: ${applied.map((m) => `${m.id}_${m.name}`).join(", ")}`)
+  if (applied.length > 0) {
+    yield* Effect.logInfo(`migrations applied: ${applied.map((m) => `${m.id}_${m.name}`).join(", ")}`)
+  }
   const queue = yield* TaskQueue
   yield* queue.startupRecovery
 })

@@ -48,8 +48,7 @@ export const defaults: RelayConfigShape = {
   retentionBatchSize: 1000
 }
 
-const duration = (name: string, fallback: Duration.Duration) =>
-  Config.duration(name).pipe(Config.withDefault(fallback))
+const duration = (name: string, fallback: Duration.Duration) => Config.duration(name).pipe(Config.withDefault(fallback))
 const integer = (name: string, fallback: number) =>
   Config.integer(name).pipe(
     Config.validate({ message: `${name} must be a positive integer`, validation: (n) => n > 0 }),

@@ -27,7 +27,7 @@ const AppLive = appOn(BrokerLive)
  * the broker's (in `public`, different shapes), with rows in them.
  */
 const HostTables = Layer.effectDiscard(
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     yield* sql`CREATE TABLE public.llms (id serial PRIMARY KEY, title text NOT NULL)`
     yield* sql`CREATE TABLE public.api_tokens (token text PRIMARY KEY, owner text NOT NULL)`
@@ -38,7 +38,7 @@ const HostTables = Layer.effectDiscard(
   })
 )
 /** The host's tables as they are: what the broker must leave alone. */
-const hostRows = Effect.gen(function* () {
+const hostRows = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   return {
     llms: yield* sql`SELECT * FROM public.llms ORDER BY id`,
@@ -54,7 +54,7 @@ const HostBrokerLive = Relay.layer.pipe(
 )
 
 /** A publisher and a client, both through the broker's HttpApi, relay one chat completion. */
-const relayOneCall = Effect.gen(function* () {
+const relayOneCall = Effect.gen(function*() {
   const fake = yield* Effect.acquireRelease(Effect.promise(() => startFakeUpstream()), (f) => Effect.promise(f.close))
   const tokens = yield* Relay.Tokens
   const address = (yield* HttpServer.HttpServer).address
@@ -88,7 +88,7 @@ describe("embedding", () => {
     relayOneCall.pipe(Effect.scoped, Effect.provide(AppLive)))
 
   it.live("the broker migrates and works in a host database that has its own llms, api_tokens and inference_tasks, leaving them untouched", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       const before = yield* hostRows
       assert.deepStrictEqual(before.llms, [{ id: 1, title: "host llm" }])

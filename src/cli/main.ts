@@ -23,9 +23,10 @@ export const normalizeArgv = (argv: ReadonlyArray<string>): Array<string> =>
 cli(normalizeArgv(process.argv)).pipe(
   // a usage mistake (unknown flag or subcommand, bad value): @effect/cli has
   // printed what is wrong; exit 2 as for the publisher's own usage errors
-  Effect.catchIf(ValidationError.isValidationError, () => Effect.sync(() => {
-    process.exitCode = 2
-  })),
+  Effect.catchIf(ValidationError.isValidationError, () =>
+    Effect.sync(() => {
+      process.exitCode = 2
+    })),
   // The CLI exports no traces, so spans (one per request, statement and
   // Effect.fn call) would only cost CPU on the hot path: about 12% of the
   // broker's CPU per request at concurrency 64 in the bench (A/B, two runs

@@ -5,7 +5,7 @@ import * as Database from "../db/Database.js"
 import { migrate as runMigrations } from "../db/Migrator.js"
 
 export const migrate = Command.make("migrate", {}, () =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const applied = yield* runMigrations()
     yield* Effect.sync(() =>
       console.log(
@@ -14,5 +14,6 @@ export const migrate = Command.make("migrate", {}, () =>
           : `migrations applied: ${applied.map((m) => `${String(m.id).padStart(4, "0")}_${m.name}`).join(", ")}`
       )
     )
-  }).pipe(Effect.provide(Layer.orDie(Database.layerFromEnv)))
-).pipe(Command.withDescription("apply database migrations and exit"))
+  }).pipe(Effect.provide(Layer.orDie(Database.layerFromEnv)))).pipe(
+    Command.withDescription("apply database migrations and exit")
+  )

@@ -21,7 +21,7 @@ const port = Options.integer("port").pipe(
 
 /** Print a generated admin token once, on the first start without RELAY_ADMIN_TOKEN. */
 const seedAdmin = Layer.effectDiscard(
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const tokens = yield* Tokens
     const generated = yield* tokens.ensureAdmin(yield* Effect.orDie(AdminTokenConfig))
     if (Option.isSome(generated)) {
@@ -63,6 +63,7 @@ const reportEmbedded = (defect: unknown) =>
 
 export const serve = Command.make("serve", { host, port }, (options) =>
   // a bad RELAY_ADMIN_TOKEN stops the start before the database is touched
-  Effect.zipRight(AdminTokenConfig, Layer.launch(serveLayer(options))).pipe(Effect.catchAllDefect(reportEmbedded))).pipe(
-  Command.withDescription("run the broker (HTTP API, task queue, sweeper)")
-)
+  Effect.zipRight(AdminTokenConfig, Layer.launch(serveLayer(options))).pipe(Effect.catchAllDefect(reportEmbedded)))
+  .pipe(
+    Command.withDescription("run the broker (HTTP API, task queue, sweeper)")
+  )

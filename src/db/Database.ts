@@ -78,7 +78,7 @@ const repeatedSignalsGuard = Effect.acquireRelease(
  * (stopped when the layer's scope closes).
  */
 export const layerFromEnv = Layer.unwrapScoped(
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const config = yield* DatabaseConfig
     const url = Option.filter(config.url, (u) => Redacted.value(u).trim().length > 0)
     if (Option.isSome(url)) {

@@ -162,11 +162,16 @@ const postgresUser: Effect.Effect<Option.Option<RunAs>, EmbeddedPostgresError> =
     }
     return Option.some({ uid: idOf("-u"), gid: idOf("-g") })
   },
-  catch: (cause) => fail(`running as root, and the 'postgres' user to run PostgreSQL as could not be made: ${errorMessage(cause)}`, cause)
+  catch: (cause) =>
+    fail(
+      `running as root, and the 'postgres' user to run PostgreSQL as could not be made: ${errorMessage(cause)}`,
+      cause
+    )
 })
 
 /** Whether `runAs` can run `file` (every directory on its way traversable). */
-const canRun = (runAs: RunAs, file: string) => spawnSync(file, ["--version"], { uid: runAs.uid, gid: runAs.gid }).status === 0
+const canRun = (runAs: RunAs, file: string) =>
+  spawnSync(file, ["--version"], { uid: runAs.uid, gid: runAs.gid }).status === 0
 
 /** Whether `runAs` can enter `dir` (the cluster inside it is made and handed to that user by us). */
 const canEnter = (runAs: RunAs, dir: string) =>
@@ -232,7 +237,9 @@ const clusterDir = (dir: string, runAs: Option.Option<RunAs>, notice: (message: 
       Fs.chmodSync(dir, 0o755)
       if (canEnter(runAs.value, dir)) return inPlace
       const elsewhere = rootOwnedDir(`cluster-${hashOf(dir)}`)
-      notice(`the 'postgres' user cannot reach ${dir} (a private directory): the embedded cluster lives in ${elsewhere}`)
+      notice(
+        `the 'postgres' user cannot reach ${dir} (a private directory): the embedded cluster lives in ${elsewhere}`
+      )
       return elsewhere
     },
     catch: (cause) => fail(`cannot prepare the data dir ${dir}: ${errorMessage(cause)}`, cause)
@@ -245,7 +252,13 @@ const bestLocale = () => {
 }
 
 /** Runs `initdb` (as `runAs`), the superuser's password passed in a file only that user can read. */
-const initialise = (binaries: Binaries, pgDir: string, credentials: Credentials, runAs: Option.Option<RunAs>, locale: string) =>
+const initialise = (
+  binaries: Binaries,
+  pgDir: string,
+  credentials: Credentials,
+  runAs: Option.Option<RunAs>,
+  locale: string
+) =>
   Effect.try({
     try: () => {
       Fs.mkdirSync(pgDir, { recursive: true, mode: 0o700 })
@@ -303,7 +316,14 @@ const checkLeftover = (pgDir: string) =>
   })
 
 /** The server process, started for the scope; stopped (fast shutdown) when the scope closes. */
-const run = (binaries: Binaries, pgDir: string, port: number, runAs: Option.Option<RunAs>, locale: string, log: (line: string) => void) =>
+const run = (
+  binaries: Binaries,
+  pgDir: string,
+  port: number,
+  runAs: Option.Option<RunAs>,
+  locale: string,
+  log: (line: string) => void
+) =>
   Effect.acquireRelease(
     Effect.async<ChildProcess, EmbeddedPostgresError>((resume) => {
       const child = spawn(binaries.postgres, [
@@ -338,12 +358,16 @@ const run = (binaries: Binaries, pgDir: string, port: number, runAs: Option.Opti
         }
       })
       child.once("error", (cause) => {
-        if (!ready) resume(Effect.fail(fail(`the embedded PostgreSQL in ${pgDir} did not start: ${cause.message}`, cause)))
+        if (!ready) {
+          resume(Effect.fail(fail(`the embedded PostgreSQL in ${pgDir} did not start: ${cause.message}`, cause)))
+        }
       })
       child.once("exit", (code, signal) => {
         if (!ready) {
           resume(Effect.fail(fail(
-            `the embedded PostgreSQL in ${pgDir} did not start (exit ${code ?? signal}): ${output.trim().split("\n").slice(-5).join(" | ")}`
+            `the embedded PostgreSQL in ${pgDir} did not start (exit ${code ?? signal}): ${
+              output.trim().split("\n").slice(-5).join(" | ")
+            }`
           )))
         }
       })
@@ -368,7 +392,7 @@ const stop = (child: ChildProcess) =>
 
 /** Start (initialising on first use) an embedded PostgreSQL for the scope's lifetime. */
 export const start = (options: EmbeddedOptions) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const dir = Path.resolve(options.dataDir)
     yield* Effect.try({
       try: () => Fs.mkdirSync(dir, { recursive: true }),

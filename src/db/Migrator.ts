@@ -42,7 +42,9 @@ export const loadMigrations = (dir: string = findMigrationsDir()): ReadonlyArray
   Fs.readdirSync(dir)
     .flatMap((file) => {
       const match = /^(\d+)_(.+)\.sql$/.exec(file)
-      return match ? [{ id: Number(match[1]), name: match[2]!, sql: Fs.readFileSync(Path.join(dir, file), "utf8") }] : []
+      return match
+        ? [{ id: Number(match[1]), name: match[2]!, sql: Fs.readFileSync(Path.join(dir, file), "utf8") }]
+        : []
     })
     .sort((a, b) => a.id - b.id)
 
@@ -53,7 +55,7 @@ const Recorded = Schema.Struct({ id: Schema.Int })
 
 /** Apply every migration not yet recorded; returns the ones applied now. */
 export const migrate = (migrations: ReadonlyArray<Migration> = loadMigrations()) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     /** One transaction holding the migration lock: concurrent migrators take turns. */
     const locked = <A, E, R>(body: Effect.Effect<A, E, R>) =>
@@ -63,9 +65,10 @@ export const migrate = (migrations: ReadonlyArray<Migration> = loadMigrations())
       Result: Recorded,
       execute: (id) => sql`SELECT id FROM llm_relay.migrations WHERE id = ${id}`
     })
-    const isRecorded = (id: number) => Effect.map(Effect.catchTag(findRecorded(id), "ParseError", Effect.die), Option.isSome)
+    const isRecorded = (id: number) =>
+      Effect.map(Effect.catchTag(findRecorded(id), "ParseError", Effect.die), Option.isSome)
 
-    yield* locked(Effect.gen(function* () {
+    yield* locked(Effect.gen(function*() {
       // Checked first: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database
       // even when the schema is there (a DBA may have made it for the role).
       yield* sql`DO $$ BEGIN
@@ -94,7 +97,7 @@ export const migrate = (migrations: ReadonlyArray<Migration> = loadMigrations())
     const applied: Array<Migration> = []
     for (const migration of migrations) {
       const didApply = yield* locked(
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           if (yield* isRecorded(migration.id)) return false
           // For this transaction only (never on the host's pool): unqualified
           // names in a migration file resolve, and are created, in `llm_relay`

@@ -90,8 +90,7 @@ export const LlmName = Schema.String.pipe(
 
 const BoundedText = (max: number) =>
   Schema.String.pipe(Schema.maxLength(max, { message: () => `must be at most ${max} characters` }))
-const NonEmptyText = (max: number) =>
-  BoundedText(max).pipe(Schema.minLength(1, { message: () => "must not be empty" }))
+const NonEmptyText = (max: number) => BoundedText(max).pipe(Schema.minLength(1, { message: () => "must not be empty" }))
 
 /** One provider of a register request; defaults per PROTOCOL.md. */
 export const ProviderSpec = Schema.Struct({

@@ -112,5 +112,11 @@ export class UpstreamError extends Schema.TaggedError<UpstreamError>()("Upstream
 }) {}
 
 /** Why a task ended `error`, as stored in `inference_tasks.error_type`. */
-export const TaskErrorType = Schema.Literal("UpstreamError", "PublisherDisconnected", "Timeout", "Expired", "MaxAttempts")
+export const TaskErrorType = Schema.Literal(
+  "UpstreamError",
+  "PublisherDisconnected",
+  "Timeout",
+  "Expired",
+  "MaxAttempts"
+)
 export type TaskErrorType = typeof TaskErrorType.Type

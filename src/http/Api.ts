@@ -46,7 +46,10 @@ const decodeErrorAsBadRequest = (spec: Record<string, unknown>): Record<string, 
     schemas.delete(orphan)
     orphan = [...schemas.keys()].find((name) => !isReferenced(name))
   }
-  return { ...(Predicate.isRecord(paths) ? paths : rest), components: { ...components, schemas: Object.fromEntries(schemas) } }
+  return {
+    ...(Predicate.isRecord(paths) ? paths : rest),
+    components: { ...components, schemas: Object.fromEntries(schemas) }
+  }
 }
 
 export class RelayApi extends HttpApi.make("llm-relay")

@@ -45,7 +45,7 @@ export class AdminAuthorization
 const authenticate = (roles: ReadonlyArray<Role> | undefined) =>
   Effect.map(Tokens, (tokens) => ({
     bearer: (token: Redacted.Redacted<string>) =>
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         const secret = Redacted.value(token)
         if (secret.length === 0) {
           return yield* new Unauthorized({ message: "missing bearer token (Authorization: Bearer <token>)" })

@@ -2,14 +2,22 @@
  * The broker's HTTP server: the RelayApi with its handlers, the error and
  * body-limit middleware, OpenAPI at /openapi.json and docs at /docs.
  */
-import { HttpApiBuilder, HttpApiScalar, HttpIncomingMessage, HttpMiddleware, HttpRouter, HttpServer, HttpServerRequest } from "@effect/platform"
+import {
+  HttpApiBuilder,
+  HttpApiScalar,
+  HttpIncomingMessage,
+  HttpMiddleware,
+  HttpRouter,
+  HttpServer,
+  HttpServerRequest
+} from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Option } from "effect"
 import { createServer } from "node:http"
 import { RelayConfig } from "../config.js"
+import { PayloadTooLarge } from "../domain/Errors.js"
 import { RelayApi } from "./Api.js"
 import { AuthorizationLive } from "./Auth.js"
-import { PayloadTooLarge } from "../domain/Errors.js"
 import { domainErrorResponse, errorMiddleware } from "./Errors.js"
 import { OpenAiLive } from "./handlers/openai.js"
 import { OpsLive } from "./handlers/ops.js"
@@ -24,7 +32,7 @@ import { TokensLive } from "./handlers/tokens.js"
  */
 const bodyLimit = HttpApiBuilder.middleware(
   Effect.map(RelayConfig, (config) => (app) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
       const length = Number(request.headers["content-length"] ?? "0")
       if (Number.isFinite(length) && length > config.maxBodyBytes) {

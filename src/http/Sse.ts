@@ -8,7 +8,9 @@ import { Stream } from "effect"
  * line there, so each counts as a break here.
  */
 export const event = (name: string | undefined, data: string): string =>
-  `${name === undefined ? "" : `event: ${name}\n`}${data.split(/\r\n|\r|\n/).map((line) => `data: ${line}`).join("\n")}\n\n`
+  `${name === undefined ? "" : `event: ${name}\n`}${
+    data.split(/\r\n|\r|\n/).map((line) => `data: ${line}`).join("\n")
+  }\n\n`
 
 export const comment = (text: string): string => `: ${text}\n\n`
 

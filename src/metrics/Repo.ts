@@ -20,14 +20,13 @@ export interface MetricsRepoShape {
   readonly llmsByKindAndStatus: Effect.Effect<ReadonlyArray<LlmCount>>
 }
 
-export const make: Effect.Effect<MetricsRepoShape, never, SqlClient.SqlClient> = Effect.gen(function* () {
+export const make: Effect.Effect<MetricsRepoShape, never, SqlClient.SqlClient> = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
 
   const countTasks = SqlSchema.findAll({
     Request: Schema.Void,
     Result: TaskCount,
-    execute: () =>
-      sql`SELECT status::text AS status, count(*)::int AS n FROM llm_relay.inference_tasks GROUP BY status`
+    execute: () => sql`SELECT status::text AS status, count(*)::int AS n FROM llm_relay.inference_tasks GROUP BY status`
   })
   const countLlms = SqlSchema.findAll({
     Request: Schema.Void,

@@ -18,7 +18,9 @@ export class PublisherFatal extends Data.TaggedError("PublisherFatal")<{ readonl
 export class Disconnected extends Data.TaggedError("Disconnected")<{ readonly reason: string }> {}
 
 /** The broker no longer wants this task's posts (410 cancelled, 409 not held, 404 gone). */
-export class TaskStopped extends Data.TaggedError("TaskStopped")<{ readonly status: number; readonly message: string }> {}
+export class TaskStopped
+  extends Data.TaggedError("TaskStopped")<{ readonly status: number; readonly message: string }>
+{}
 
 /** What a publisher posts about a task it holds. */
 export type TaskPost = "ack" | "chunks" | "result" | "error"
@@ -66,7 +68,7 @@ export const make = (http: HttpClient.HttpClient, server: string, token: string)
 
   /** One call to the broker: its status and body text. Transport failures are `Disconnected`. */
   const call = (method: "POST" | "GET" | "DELETE", path: string, body?: unknown) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       let request = HttpClientRequest.make(method)(`${base}${path}`).pipe(HttpClientRequest.bearerToken(token))
       if (body !== undefined) request = HttpClientRequest.bodyUnsafeJson(request, body)
       const response = yield* http.execute(request)
@@ -82,7 +84,7 @@ export const make = (http: HttpClient.HttpClient, server: string, token: string)
   const messageOf = (text: string) => errorMessageOf(parseJson(text), text)
 
   const register: Broker["register"] = (request, first) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const answer = yield* call("POST", "/v1/publishers/sessions", request)
       if (answer.status === 401 || answer.status === 403 || answer.status === 400) {
         return yield* new PublisherFatal({
@@ -98,7 +100,9 @@ export const make = (http: HttpClient.HttpClient, server: string, token: string)
       }
       const registration = decodeRegistration(answer.text)
       if (Either.isLeft(registration)) {
-        return yield* new Disconnected({ reason: `registration answer unreadable: ${describeParseError(registration.left)}` })
+        return yield* new Disconnected({
+          reason: `registration answer unreadable: ${describeParseError(registration.left)}`
+        })
       }
       return registration.right
     })
@@ -110,7 +114,7 @@ export const make = (http: HttpClient.HttpClient, server: string, token: string)
     )
 
   const taskEvents: Broker["taskEvents"] = (sessionId) =>
-    Stream.unwrap(Effect.gen(function* () {
+    Stream.unwrap(Effect.gen(function*() {
       const response = yield* http.execute(
         HttpClientRequest.get(`${base}/v1/publishers/sessions/${sessionId}/tasks`).pipe(
           HttpClientRequest.bearerToken(token),
@@ -146,7 +150,8 @@ export const make = (http: HttpClient.HttpClient, server: string, token: string)
       Effect.catchTag("Disconnected", (e) => Effect.fail(new TaskStopped({ status: 0, message: e.reason })))
     )
 
-  const goodbye: Broker["goodbye"] = (sessionId) => Effect.asVoid(call("DELETE", `/v1/publishers/sessions/${sessionId}`))
+  const goodbye: Broker["goodbye"] = (sessionId) =>
+    Effect.asVoid(call("DELETE", `/v1/publishers/sessions/${sessionId}`))
 
   return { server: base, register, heartbeat, taskEvents, postTask, goodbye }
 }

@@ -53,14 +53,16 @@ export const publish = Command.make(
   "publish",
   { server, token, provider, config, sessionId, drainSeconds, quiet, verbose },
   (args) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const file = Option.isSome(args.config) ? yield* loadConfigFile(args.config.value) : undefined
       const fromFlags: Array<Provider> = []
       for (const text of args.provider) fromFlags.push(yield* parseProvider(text))
       const providers = yield* checkProviders([...(file?.providers ?? []), ...fromFlags])
       const serverUrl = Option.getOrUndefined(args.server) ?? file?.server
       const tokenValue = Option.getOrUndefined(args.token) ?? file?.token
-      if (serverUrl === undefined) return yield* new PublisherConfigError({ message: "no broker: give --server or RELAY_SERVER" })
+      if (serverUrl === undefined) {
+        return yield* new PublisherConfigError({ message: "no broker: give --server or RELAY_SERVER" })
+      }
       if (!/^https?:\/\//.test(serverUrl)) {
         return yield* new PublisherConfigError({ message: `--server must be an http(s) URL, got '${serverUrl}'` })
       }

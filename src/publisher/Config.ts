@@ -33,7 +33,9 @@ export const Provider = Schema.Struct({
   /** The model name the upstream knows; a task's `model` field is rewritten to it. */
   model: Schema.String.pipe(Schema.minLength(1, { message: () => "model must not be empty" })),
   pool: Schema.optional(
-    Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9._:/-]{1,128}$/, { message: () => "pool must be 1-128 name characters" }))
+    Schema.String.pipe(
+      Schema.pattern(/^[A-Za-z0-9._:/-]{1,128}$/, { message: () => "pool must be 1-128 name characters" })
+    )
   ),
   tier: Schema.optional(Schema.String.pipe(Schema.minLength(1))),
   description: Schema.optional(Schema.String),
@@ -50,7 +52,9 @@ export const ConfigFile = Schema.Struct({
   server: Schema.optional(Url),
   token: Schema.optional(Schema.String),
   sessionId: Schema.optional(Schema.String),
-  providers: Schema.Array(Provider).pipe(Schema.minItems(1, { message: () => "providers must list at least one provider" }))
+  providers: Schema.Array(Provider).pipe(
+    Schema.minItems(1, { message: () => "providers must list at least one provider" })
+  )
 })
 export type ConfigFile = typeof ConfigFile.Type
 
@@ -88,13 +92,15 @@ export const parseProvider = (text: string): Either.Either<Provider, PublisherCo
   for (const required of ["name", "upstream", "model"]) {
     if (!(required in fields)) return fail(`missing '${required}'`)
   }
-  return Either.mapLeft(decodeProvider(fields), (error) =>
-    new PublisherConfigError({ message: `--provider '${text}': ${describe(error)}` }))
+  return Either.mapLeft(
+    decodeProvider(fields),
+    (error) => new PublisherConfigError({ message: `--provider '${text}': ${describe(error)}` })
+  )
 }
 
 /** Reads and checks a JSON config file (`{"server"?, "token"?, "providers": [...]}`). */
 export const loadConfigFile = (path: string): Effect.Effect<ConfigFile, PublisherConfigError> =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const text = yield* Effect.try({
       try: () => Fs.readFileSync(path, "utf8"),
       catch: (cause) => new PublisherConfigError({ message: `--config ${path}: cannot read it (${String(cause)})` })
@@ -103,8 +109,10 @@ export const loadConfigFile = (path: string): Effect.Effect<ConfigFile, Publishe
       try: () => JSON.parse(text) as unknown,
       catch: (cause) => new PublisherConfigError({ message: `--config ${path}: not valid JSON (${String(cause)})` })
     })
-    return yield* Either.mapLeft(decodeFile(json), (error) =>
-      new PublisherConfigError({ message: `--config ${path}: ${describe(error)}` }))
+    return yield* Either.mapLeft(
+      decodeFile(json),
+      (error) => new PublisherConfigError({ message: `--config ${path}: ${describe(error)}` })
+    )
   })
 
 /** Provider names must be unique within one publisher. */

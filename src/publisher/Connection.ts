@@ -41,7 +41,7 @@ const frameOf = (event: SseEvent) => {
 }
 
 export const make = (broker: Broker, options: ConnectionOptions): Effect.Effect<Connection> =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const maxBackoff = Duration.toMillis(options.maxBackoff)
     const sessionRef = yield* Ref.make(Option.fromNullable(options.sessionId))
     const providers = options.providers.map((p) => ({
@@ -55,7 +55,7 @@ export const make = (broker: Broker, options: ConnectionOptions): Effect.Effect<
     }))
 
     const register = (first: boolean) =>
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         const sessionId = yield* Ref.get(sessionRef)
         const request: typeof RegisterRequest.Encoded = {
           ...(Option.isSome(sessionId) ? { sessionId: sessionId.value } : {}),
@@ -94,14 +94,14 @@ export const make = (broker: Broker, options: ConnectionOptions): Effect.Effect<
         Effect.fail(new Disconnected({ reason: "the broker closed the task stream" }))
       )
 
-    const run = Effect.gen(function* () {
+    const run = Effect.gen(function*() {
       let first = true
       let backoff = 500
       while (true) {
         // stopping (SIGTERM during a backoff): no new registration
         if (yield* options.stopping) return yield* Effect.never
         const result = yield* Effect.either(
-          Effect.gen(function* () {
+          Effect.gen(function*() {
             const registration = yield* register(first)
             yield* Effect.logInfo(`connected to ${broker.server} as session ${registration.sessionId}`)
             first = false
@@ -115,7 +115,9 @@ export const make = (broker: Broker, options: ConnectionOptions): Effect.Effect<
         if (result._tag === "Left" && result.left._tag === "PublisherFatal") return yield* result.left
         // stopping: the goodbye closed the stream; nothing to reconnect to
         if (yield* options.stopping) return yield* Effect.never
-        const reason = result._tag === "Left" && result.left._tag === "Disconnected" ? result.left.reason : "connection ended"
+        const reason = result._tag === "Left" && result.left._tag === "Disconnected"
+          ? result.left.reason
+          : "connection ended"
         const jitter = yield* Random.nextRange(0.5, 1)
         const wait = Math.round(Math.min(backoff, maxBackoff) * jitter)
         yield* Effect.logWarning(`disconnected (${reason}); reconnecting in ${wait} ms`)
@@ -124,7 +126,7 @@ export const make = (broker: Broker, options: ConnectionOptions): Effect.Effect<
       }
     })
 
-    const goodbye = Effect.gen(function* () {
+    const goodbye = Effect.gen(function*() {
       const sessionId = yield* Ref.get(sessionRef)
       if (Option.isNone(sessionId)) return
       yield* broker.goodbye(sessionId.value).pipe(

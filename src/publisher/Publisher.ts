@@ -38,7 +38,7 @@ export interface PublisherOptions {
 export const run = (
   options: PublisherOptions
 ): Effect.Effect<never, Broker.PublisherFatal, HttpClient.HttpClient | Scope.Scope> =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const http = yield* HttpClient.HttpClient
     const drainTimeout = options.drainTimeout ?? Duration.seconds(30)
     const broker = Broker.make(http, options.server, options.token)

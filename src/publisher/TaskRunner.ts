@@ -31,7 +31,7 @@ export const make = (
   broker: Broker,
   options: { readonly providers: ReadonlyArray<Provider>; readonly ackAfter: Duration.Duration }
 ): Effect.Effect<TaskRunner, never, Scope.Scope> =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const providers = new Map(options.providers.map((p) => [p.name, p] as const))
     const permits = new Map<string, Effect.Semaphore>()
     for (const p of options.providers) permits.set(p.name, yield* Effect.makeSemaphore(p.maxConcurrent))
@@ -40,7 +40,7 @@ export const make = (
 
     /** Calls the upstream and posts what it answers; the outcome for the log. */
     const relay = (post: Post, frame: TaskFrame, provider: Provider) =>
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         const answer = yield* Upstream.call(http, provider, frame)
         if (answer._tag === "Failed") {
           yield* post("error", answer.failure)
@@ -65,7 +65,7 @@ export const make = (
         const reader = answer.forEachData((data) => Queue.offer(queue, data)).pipe(
           Effect.ensuring(Queue.offer(queue, null))
         )
-        const poster = Effect.gen(function* () {
+        const poster = Effect.gen(function*() {
           while (true) {
             const batch = yield* Queue.takeBetween(queue, 1, 4096)
             const chunks: Array<string> = []
@@ -88,12 +88,13 @@ export const make = (
       })
 
     const run = (sessionId: string, frame: TaskFrame) =>
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         const started = yield* Clock.currentTimeMillis
         const provider = providers.get(frame.llmName)
         const elapsed = Effect.map(Clock.currentTimeMillis, (now) => `${now - started}ms`)
-        const post: Post = (what, body) => broker.postTask(sessionId, frame.taskId, what, { ...body, attempt: frame.attempt })
-        const outcome = yield* Effect.gen(function* () {
+        const post: Post = (what, body) =>
+          broker.postTask(sessionId, frame.taskId, what, { ...body, attempt: frame.attempt })
+        const outcome = yield* Effect.gen(function*() {
           const permit = provider === undefined ? undefined : permits.get(provider.name)
           if (provider === undefined || permit === undefined) {
             yield* post("error", { status: 502, message: `this publisher has no provider '${frame.llmName}'` })
@@ -108,17 +109,22 @@ export const make = (
           )
           return yield* Effect.raceFirst(permit.withPermits(1)(relay(post, frame, provider)), ackLater)
         }).pipe(
-          Effect.catchTag("TaskStopped", (e) =>
-            Effect.succeed(e.status === 410 ? "cancelled" : `stopped (${e.status || "broker"}: ${e.message})`)),
+          Effect.catchTag(
+            "TaskStopped",
+            (e) => Effect.succeed(e.status === 410 ? "cancelled" : `stopped (${e.status || "broker"}: ${e.message})`)
+          ),
           Effect.onInterrupt(() =>
-            Effect.flatMap(elapsed, (ms) =>
-              Effect.logInfo(`task ${frame.taskId} provider=${frame.llmName} cancelled ${ms}`)))
+            Effect.flatMap(
+              elapsed,
+              (ms) => Effect.logInfo(`task ${frame.taskId} provider=${frame.llmName} cancelled ${ms}`)
+            )
+          )
         )
         yield* Effect.logInfo(`task ${frame.taskId} provider=${frame.llmName} ${outcome} ${yield* elapsed}`)
       })
 
     const start: TaskRunner["start"] = (sessionId, frame) =>
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         if (yield* Ref.get(draining)) {
           yield* Effect.logDebug(`task ${frame.taskId} not taken: shutting down (the broker re-queues it at goodbye)`)
           return
@@ -133,7 +139,7 @@ export const make = (
       )
 
     const drain: TaskRunner["drain"] = (timeout) =>
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         yield* Ref.set(draining, true)
         const inFlight = yield* FiberMap.size(tasks)
         if (inFlight > 0) yield* Effect.logInfo(`stopping: waiting for ${inFlight} task(s) in flight`)

@@ -46,7 +46,7 @@ export const call = (
   provider: Provider,
   task: Pick<TaskFrame, "path" | "streaming" | "body">
 ): Effect.Effect<UpstreamAnswer> =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const url = joinUpstream(provider.upstream, task.path)
     const body = typeof task.body === "object" && task.body !== null
       ? { ...task.body, model: provider.model }

@@ -66,7 +66,7 @@ const decodeRegister = Schema.decodeUnknown(RegisterRequest, { errors: "all", on
 
 type Requires = SqlClient.SqlClient | RegistryRepo | RelayConfig | InstanceId
 
-export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(function* () {
+export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const repo = yield* RegistryRepo
   const config = yield* RelayConfig
@@ -76,7 +76,10 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
   const conflictOf = (row: LlmRow, sessionId: string): Option.Option<NameConflict> => {
     if (row.kind === "public") {
       return Option.some(
-        new NameConflict({ name: row.name, message: `'${row.name}' is a public LLM; a publisher cannot publish over it` })
+        new NameConflict({
+          name: row.name,
+          message: `'${row.name}' is a public LLM; a publisher cannot publish over it`
+        })
       )
     }
     if (row.status === "active" && row.providerSessionId !== sessionId) {
@@ -92,7 +95,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
    * every check runs before the first write, and all writes share one
    * transaction, so a conflict on the last provider leaves nothing behind.
    */
-  const register = Effect.fn("Registry.register")(function* (principalId: string, input: unknown) {
+  const register = Effect.fn("Registry.register")(function*(principalId: string, input: unknown) {
     const request = yield* Effect.mapError(decodeRegister(input), badRequestFromParseError)
     const names = request.providers.map((p) => p.name)
     const duplicate = names.find((name, i) => names.indexOf(name) !== i)
@@ -102,7 +105,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
     const sessionId = request.sessionId ?? Crypto.randomUUID()
     const at = yield* now
     const rows = yield* sql.withTransaction(
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         const existingSession = yield* repo.lockSession(sessionId)
         if (Option.isSome(existingSession) && existingSession.value.principalId !== principalId) {
           return yield* new Forbidden({ message: `session '${sessionId}' belongs to another principal` })
@@ -146,7 +149,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
 
   const findSession = (sessionId: string) => repo.findSession(sessionId)
 
-  const getSession = Effect.fn("Registry.getSession")(function* (sessionId: string) {
+  const getSession = Effect.fn("Registry.getSession")(function*(sessionId: string) {
     const session = yield* repo.findSession(sessionId)
     if (Option.isNone(session)) {
       return yield* new SessionNotFound({ message: `no publisher session '${sessionId}'` })
@@ -155,27 +158,27 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
   })
 
   /** Bumps every row of the session and revives inactive ones. */
-  const heartbeat = Effect.fn("Registry.heartbeat")(function* (sessionId: string) {
+  const heartbeat = Effect.fn("Registry.heartbeat")(function*(sessionId: string) {
     yield* getSession(sessionId)
     return toLlms(yield* repo.heartbeat(sessionId, yield* now))
   })
 
   /** The session's stream opened: its rows are online. */
-  const bindSession = Effect.fn("Registry.bindSession")(function* (sessionId: string) {
+  const bindSession = Effect.fn("Registry.bindSession")(function*(sessionId: string) {
     return toLlms(yield* repo.activateSession(sessionId, yield* now))
   })
 
   /** The session's stream closed (or it said goodbye, or went silent): rows inactive at once. */
-  const unbindSession = Effect.fn("Registry.unbindSession")(function* (sessionId: string) {
+  const unbindSession = Effect.fn("Registry.unbindSession")(function*(sessionId: string) {
     return toLlms(yield* repo.deactivateSession(sessionId, yield* now))
   })
 
   /** At start: rows of sessions that only a dead broker process served are offline until they reconnect. */
-  const recoverAfterRestart = Effect.fn("Registry.recoverAfterRestart")(function* () {
+  const recoverAfterRestart = Effect.fn("Registry.recoverAfterRestart")(function*() {
     return toLlms(yield* repo.deactivateForeign(instanceId, yield* now))
   })
 
-  const gcSweep: Effect.Effect<SweepResult> = Effect.gen(function* () {
+  const gcSweep: Effect.Effect<SweepResult> = Effect.gen(function*() {
     const at = yield* Effect.clockWith((c) => c.currentTimeMillis)
     const stale = yield* repo.deactivateStale(cutoff(at, config.heartbeatTimeout), new Date(at))
     const deleted = yield* repo.deleteExpiredInactive(cutoff(at, config.inactiveRetention))
@@ -184,7 +187,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
   }).pipe(Effect.withSpan("Registry.gcSweep"))
 
   /** An admin adds a public LLM (a fixed upstream URL the broker calls itself). */
-  const createPublic = Effect.fn("Registry.createPublic")(function* (input: PublicLlmSpec) {
+  const createPublic = Effect.fn("Registry.createPublic")(function*(input: PublicLlmSpec) {
     const inserted = yield* repo.insertPublic(input, yield* now)
     if (Option.isNone(inserted)) {
       return yield* new NameConflict({ name: input.name, message: `an LLM named '${input.name}' already exists` })
@@ -192,7 +195,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
     return llmFromRow(inserted.value)
   })
 
-  const deleteByName = Effect.fn("Registry.deleteByName")(function* (name: string) {
+  const deleteByName = Effect.fn("Registry.deleteByName")(function*(name: string) {
     const deleted = yield* repo.deleteByName(name)
     if (deleted.length === 0) return yield* new LlmNotFound({ message: `no LLM named '${name}'` })
   })

@@ -73,15 +73,21 @@ const Provider = Schema.typeSchema(ProviderSpec)
 /** A session's rows at a moment: the request of most statements below. */
 const SessionAt = Schema.Struct({ sessionId: Schema.String, now: At })
 
-export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> = Effect.gen(function* () {
+export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   /** A statement returning `llms` rows, decoded; its failures are defects. */
-  const llmRows = <I, IA>(Request: Schema.Schema<I, IA>, execute: (request: IA) => Effect.Effect<ReadonlyArray<unknown>, unknown>) => {
+  const llmRows = <I, IA>(
+    Request: Schema.Schema<I, IA>,
+    execute: (request: IA) => Effect.Effect<ReadonlyArray<unknown>, unknown>
+  ) => {
     const run = SqlSchema.findAll({ Request, Result: LlmRow, execute })
     return (request: I) => Effect.orDie(run(request))
   }
   /** The same, for a statement that returns at most one row. */
-  const llmRow = <I, IA>(Request: Schema.Schema<I, IA>, execute: (request: IA) => Effect.Effect<ReadonlyArray<unknown>, unknown>) => {
+  const llmRow = <I, IA>(
+    Request: Schema.Schema<I, IA>,
+    execute: (request: IA) => Effect.Effect<ReadonlyArray<unknown>, unknown>
+  ) => {
     const run = SqlSchema.findOne({ Request, Result: LlmRow, execute })
     return (request: I) => Effect.orDie(run(request))
   }
@@ -243,7 +249,12 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
   const lockSession = (sessionId: string) => Effect.orDie(lockSessionRow(sessionId))
 
   const upsertSessionRow = SqlSchema.findOne({
-    Request: Schema.Struct({ sessionId: Schema.String, principalId: Schema.String, instanceId: Schema.String, now: At }),
+    Request: Schema.Struct({
+      sessionId: Schema.String,
+      principalId: Schema.String,
+      instanceId: Schema.String,
+      now: At
+    }),
     Result: Schema.Struct({ id: Schema.String }),
     execute: ({ instanceId, now, principalId, sessionId }) =>
       sql`

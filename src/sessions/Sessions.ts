@@ -11,7 +11,21 @@
  * (client gone, DELETE, heartbeat timeout) the session unbinds: rows inactive,
  * held tasks revert or fail.
  */
-import { Cache, Context, Duration, Effect, Fiber, FiberMap, Layer, Mailbox, Option, Queue, Ref, type Scope, type Stream } from "effect"
+import {
+  Cache,
+  Context,
+  Duration,
+  Effect,
+  Fiber,
+  FiberMap,
+  Layer,
+  Mailbox,
+  Option,
+  Queue,
+  Ref,
+  type Scope,
+  type Stream
+} from "effect"
 import { RelayConfig } from "../config.js"
 import { Forbidden } from "../domain/Errors.js"
 import type { Frame } from "../domain/Frames.js"
@@ -40,7 +54,7 @@ export interface SessionsShape {
   readonly isOpen: (sessionId: string) => Effect.Effect<boolean>
 }
 
-export const make = Effect.gen(function* () {
+export const make = Effect.gen(function*() {
   const registry = yield* Registry
   const queue = yield* TaskQueue
   const signals = yield* Signals
@@ -63,7 +77,7 @@ export const make = Effect.gen(function* () {
   })
 
   const authorize = (principal: Principal, sessionId: string) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const owner = yield* owners.get(sessionId)
       if (Option.isNone(owner)) {
         yield* owners.invalidate(sessionId)
@@ -83,7 +97,7 @@ export const make = Effect.gen(function* () {
 
   /** Rows inactive, held tasks reverted: the session is offline. */
   const unbind = (sessionId: string) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* registry.unbindSession(sessionId)
       const reverted = yield* queue.revertHeldBy(sessionId)
       yield* Effect.logDebug(`session ${sessionId} offline; ${reverted} held task(s) reverted or failed`)
@@ -92,7 +106,7 @@ export const make = Effect.gen(function* () {
   /** The actor's life: claim what fits, wait for a reason to look again, repeat. */
   const run = (sessionId: string, mailbox: Mailbox.Mailbox<Frame>) =>
     Effect.scoped(
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         const wake = yield* Queue.sliding<void>(1)
         // Pending work may be waiting for this session: a pool signal came, a
         // claim filled a row, or the slow poll fired. Only then is a claim
@@ -103,7 +117,7 @@ export const make = Effect.gen(function* () {
         const subscribed = new Set<string>()
         const follow = (rows: ReadonlyArray<Llm>) =>
           Effect.forEach(rows.flatMap((row) => [row.pool, row.name]), (pool) =>
-            subscribed.has(pool) ? Effect.void : Effect.gen(function* () {
+            subscribed.has(pool) ? Effect.void : Effect.gen(function*() {
               subscribed.add(pool)
               const dequeue = yield* signals.subscribePool(pool)
               yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Queue.take(dequeue), lookAgain)))
@@ -122,7 +136,9 @@ export const make = Effect.gen(function* () {
               // travel through it): the slow poll still finds the work.
               return Effect.zipRight(
                 Effect.flatMap(registry.llmsOfSession(sessionId), follow).pipe(
-                  Effect.catchAllCause((cause) => Effect.logWarning(`session ${sessionId}: could not re-read its rows`, cause))
+                  Effect.catchAllCause((cause) =>
+                    Effect.logWarning(`session ${sessionId}: could not re-read its rows`, cause)
+                  )
                 ),
                 lookAgain
               )
@@ -131,17 +147,27 @@ export const make = Effect.gen(function* () {
         while (true) {
           if (yield* Ref.getAndSet(mayHaveWork, false)) {
             const { frames, full, retry } = yield* queue.claim(sessionId)
-            if (frames.length > 0) yield* mailbox.offerAll(frames)
-            if (full) yield* Ref.set(mayHaveWork, true)
-            if (retry) continue
+            if (frames.length > 0) {
+              yield* mailbox.offerAll(frames)
+            }
+            if (full) {
+              yield* Ref.set(mayHaveWork, true)
+            }
+            if (retry) {
+              continue
+            }
           }
           const woke = yield* Queue.take(wake).pipe(Effect.timeout(config.sessionPollInterval), Effect.option)
           // The slow poll: signals are hints, so look anyway now and then.
-          if (Option.isNone(woke)) yield* Ref.set(mayHaveWork, true)
+          if (Option.isNone(woke)) {
+            yield* Ref.set(mayHaveWork, true)
+          }
         }
       })
     ).pipe(
-      Effect.catchAllCause((cause) => Effect.logError(`session ${sessionId} actor failed`, cause)),
+      Effect.catchAllCause((cause) =>
+        Effect.logError(`session ${sessionId} actor failed`, cause)
+      ),
       Effect.asVoid
     )
 
@@ -162,9 +188,10 @@ export const make = Effect.gen(function* () {
             return Option.isSome(current) && current.value === self ? unbind(sessionId) : Effect.void
           })
         )
-      ))
+      )
+    )
 
-  const open = Effect.fn("Sessions.open")(function* (sessionId: string) {
+  const open = Effect.fn("Sessions.open")(function*(sessionId: string) {
     yield* registry.getSession(sessionId)
     const mailbox = yield* Mailbox.make<Frame>()
     // a second stream replaces the first: running this actor interrupts the old one
@@ -174,7 +201,7 @@ export const make = Effect.gen(function* () {
     return Mailbox.toStream(mailbox)
   })
 
-  const close = Effect.fn("Sessions.close")(function* (sessionId: string) {
+  const close = Effect.fn("Sessions.close")(function*(sessionId: string) {
     // open here: its actor stops and unbinds the session as it goes
     if (yield* FiberMap.has(actors, sessionId)) return yield* FiberMap.remove(actors, sessionId)
     yield* unbind(sessionId)

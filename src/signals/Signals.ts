@@ -52,7 +52,7 @@ const keyedHub = <A>() => {
   const publish = (key: string, value: A) =>
     Effect.sync(() => {
       const set = subscribers.get(key)
-      if (set !== undefined) for (const queue of set) Queue.unsafeOffer(queue, value)
+      if (set !== undefined) { for (const queue of set) Queue.unsafeOffer(queue, value) }
     })
   const subscribe = (key: string): Effect.Effect<Queue.Dequeue<A>, never, Scope.Scope> =>
     Effect.acquireRelease(

@@ -16,12 +16,12 @@ export interface SweeperShape {
   readonly sweepOnce: Effect.Effect<{ readonly llms: SweepResult; readonly tasks: TaskSweepResult }>
 }
 
-export const make = Effect.gen(function* () {
+export const make = Effect.gen(function*() {
   const registry = yield* Registry
   const sessions = yield* Sessions
   const queue = yield* TaskQueue
 
-  const sweepOnce = Effect.gen(function* () {
+  const sweepOnce = Effect.gen(function*() {
     const llms = yield* registry.gcSweep
     yield* Effect.forEach(llms.staleSessions, sessions.close, { discard: true })
     const tasks = yield* queue.sweep
@@ -37,7 +37,7 @@ export class Sweeper extends Context.Tag("llm-relay/Sweeper")<Sweeper, SweeperSh
 
   /** The service plus its fiber, repeating every `sweepInterval` for the layer's lifetime. */
   static readonly layer = Layer.scopedContext(
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const sweeper = yield* make
       const config = yield* RelayConfig
       const pass = sweeper.sweepOnce.pipe(

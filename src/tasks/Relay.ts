@@ -96,9 +96,14 @@ export interface RelayShape {
    * the response's). Nobody online and no `maxWait` is PublisherOffline. The
    * client leaving or the wait running out cancels the task.
    */
-  readonly call: (request: CallRequest) => Effect.Effect<Answer, PublisherOffline | ModelNotFound | NotVirtual, Scope.Scope>
+  readonly call: (
+    request: CallRequest
+  ) => Effect.Effect<Answer, PublisherOffline | ModelNotFound | NotVirtual, Scope.Scope>
   /** Queue a task to fetch, wait for or follow later. */
-  readonly enqueue: (principal: Principal, request: Omit<EnqueueRequest, "ownerId">) => Effect.Effect<Task, ModelNotFound | NotVirtual>
+  readonly enqueue: (
+    principal: Principal,
+    request: Omit<EnqueueRequest, "ownerId">
+  ) => Effect.Effect<Task, ModelNotFound | NotVirtual>
   /** The principal's tasks (an admin's: everyone's). */
   readonly list: (
     principal: Principal,
@@ -107,7 +112,11 @@ export interface RelayShape {
   /** One of the principal's tasks; another owner's is TaskNotFound too, so ids cannot be probed. */
   readonly get: (principal: Principal, taskId: TaskId) => Effect.Effect<Task, TaskNotFound>
   /** The task once it ends, in any state; Timeout when it has not within `timeoutMs`. */
-  readonly wait: (principal: Principal, taskId: TaskId, timeoutMs: number) => Effect.Effect<Task, TaskNotFound | Timeout>
+  readonly wait: (
+    principal: Principal,
+    taskId: TaskId,
+    timeoutMs: number
+  ) => Effect.Effect<Task, TaskNotFound | Timeout>
   /** The task now, each move while it is live, its output, and how it ended. */
   readonly follow: (
     principal: Principal,
@@ -119,13 +128,13 @@ export interface RelayShape {
 /** Long enough that a follower sees a task to its end (the task's own timeouts end it). */
 const FOLLOW_TIMEOUT = Duration.days(8)
 
-export const make = Effect.gen(function* () {
+export const make = Effect.gen(function*() {
   const registry = yield* Registry
   const queue = yield* TaskQueue
   const signals = yield* Signals
   const config = yield* RelayConfig
 
-  const models = Effect.gen(function* () {
+  const models = Effect.gen(function*() {
     const llms = yield* registry.list
     const entry = (id: string, llm: Llm, kind: string, status: string): ModelEntry => ({
       id,
@@ -163,7 +172,7 @@ export const make = Effect.gen(function* () {
    * first active public member); anything else queues for publishers.
    */
   const destination = (model: string) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const rows = yield* registry.resolve(model)
       if (rows.length === 0) return yield* new ModelNotFound({ message: `the model '${model}' does not exist` })
       const named = rows.find((row) => row.name === model)
@@ -184,7 +193,7 @@ export const make = Effect.gen(function* () {
    * has claimed it when the wait runs out it is cancelled: PublisherOffline.
    */
   const awaitClaim = (taskId: string, maxWait: Duration.Duration) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const deadline = (yield* Effect.clockWith((c) => c.currentTimeMillis)) + Duration.toMillis(maxWait)
       while (true) {
         const task = yield* queue.get(taskId)
@@ -204,7 +213,7 @@ export const make = Effect.gen(function* () {
     | { readonly _tag: "Done"; readonly task: Task }
 
   const call = (request: CallRequest) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const { maxWait, route } = request
       const model = String(request.body.model)
       if (!route.online && Option.isNone(maxWait)) {
@@ -221,17 +230,23 @@ export const make = Effect.gen(function* () {
       const taskId = submitted.task.id
       const cancel = (reason: string) => queue.cancel(taskId, reason).pipe(Effect.ignore)
       const clientGone = cancel("the client closed the connection")
-      const waiting = Effect.gen(function* () {
+      const waiting = Effect.gen(function*() {
         if (submitted.waiter !== undefined) return submitted.waiter
         if (Option.isSome(maxWait)) yield* awaitClaim(taskId, maxWait.value)
         return yield* queue.waitFor(taskId, timeout)
       }).pipe(Effect.onInterrupt(() => clientGone))
 
-      const answer = Effect.gen(function* () {
+      const answer = Effect.gen(function*() {
         const { chunks, result } = yield* waiting
         /** The outcome; the wait running out cancels the task. */
-        const outcome = Effect.tapError(result, (e) => e._tag === "Timeout" ? cancel("the request timed out") : Effect.void)
-        if (!streaming) return Answer.Whole({ task: yield* Effect.onInterrupt(outcome, () => clientGone) })
+        const outcome = Effect.tapError(result, (e) =>
+          e._tag === "Timeout" ? cancel("the request timed out") : Effect.void)
+        if (!streaming) {
+          return Answer.Whole({
+            task: yield* Effect.onInterrupt(outcome, () =>
+              clientGone)
+          })
+        }
         const pull = yield* Stream.toPull(chunks)
         const first: First = yield* Effect.raceFirst(
           pull.pipe(
@@ -263,20 +278,26 @@ export const make = Effect.gen(function* () {
 
   /** Another owner's task is a 404, so ids cannot be probed. */
   const get = (principal: Principal, id: TaskId) =>
-    Effect.flatMap(queue.get(id), (task) =>
-      Option.isSome(task) && (principal.role === "admin" || task.value.ownerId === principal.id)
-        ? Effect.succeed(task.value)
-        : Effect.fail(new TaskNotFound({ message: `no task '${id}'` })))
+    Effect.flatMap(
+      queue.get(id),
+      (task) =>
+        Option.isSome(task) && (principal.role === "admin" || task.value.ownerId === principal.id)
+          ? Effect.succeed(task.value)
+          : Effect.fail(new TaskNotFound({ message: `no task '${id}'` }))
+    )
 
   const current = (id: string) =>
-    Effect.flatMap(queue.get(id), Option.match({
-      onNone: () => Effect.fail(new TaskNotFound({ message: `no task '${id}'` })),
-      onSome: Effect.succeed
-    }))
+    Effect.flatMap(
+      queue.get(id),
+      Option.match({
+        onNone: () => Effect.fail(new TaskNotFound({ message: `no task '${id}'` })),
+        onSome: Effect.succeed
+      })
+    )
 
   const wait = (principal: Principal, id: TaskId, timeoutMs: number) =>
     Effect.scoped(
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         yield* get(principal, id)
         const { result } = yield* queue.waitFor(id, Duration.millis(timeoutMs))
         // Any terminal state is an answer here (a task that ended in its own
@@ -286,7 +307,8 @@ export const make = Effect.gen(function* () {
             Effect.flatMap(current(id), (task): Effect.Effect<Task, Timeout> =>
               isTerminal(task.status)
                 ? Effect.succeed(task)
-                : Effect.fail(new Timeout({ message: `task '${id}' did not finish within ${timeoutMs} ms` }))))
+                : Effect.fail(new Timeout({ message: `task '${id}' did not finish within ${timeoutMs} ms` })))
+          )
         )
       })
     )
@@ -295,7 +317,7 @@ export const make = Effect.gen(function* () {
     Effect.as(
       get(principal, id),
       Stream.unwrapScoped(
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           // subscribed before the reads, so no move between them goes unseen
           const moves = yield* signals.subscribeTask(id)
           const { chunks, result } = yield* queue.waitFor(id, FOLLOW_TIMEOUT)
@@ -306,15 +328,22 @@ export const make = Effect.gen(function* () {
           /** A status each time the live task moves (pending, claimed, running, a new attempt). */
           const statuses = Stream.fromQueue(moves).pipe(
             Stream.filter((event) =>
-              event._tag === "Changed" ? !isTerminal(event.status) : event._tag === "Chunks" && !last.startsWith("running#")),
+              event._tag === "Changed"
+                ? !isTerminal(event.status)
+                : event._tag === "Chunks" && !last.startsWith("running#")
+            ),
             Stream.mapEffect(() => Effect.option(current(id))),
-            Stream.filterMap((found) => Option.filter(found, (task) => !isTerminal(task.status) && moment(task) !== last)),
+            Stream.filterMap((found) =>
+              Option.filter(found, (task) => !isTerminal(task.status) && moment(task) !== last)
+            ),
             Stream.map((task) => {
               last = moment(task)
               return TaskUpdate.Status({ task })
             })
           )
-          const output = Stream.map(chunks, (chunk) => TaskUpdate.Chunk({ chunk })).pipe(Stream.catchAll(() => Stream.empty))
+          const output = Stream.map(chunks, (chunk) => TaskUpdate.Chunk({ chunk })).pipe(
+            Stream.catchAll(() => Stream.empty)
+          )
           const done = Stream.fromEffect(
             Effect.flatMap(Effect.ignore(result), () => current(id)).pipe(
               Effect.map((task) => TaskUpdate.Done({ task })),
@@ -336,7 +365,8 @@ export const make = Effect.gen(function* () {
     destination,
     call,
     enqueue: (principal, request) => queue.enqueue({ ...request, ownerId: principal.id }),
-    list: (principal, request) => queue.list(principal.role === "admin" ? request : { ...request, ownerId: principal.id }),
+    list: (principal, request) =>
+      queue.list(principal.role === "admin" ? request : { ...request, ownerId: principal.id }),
     get,
     wait,
     follow,

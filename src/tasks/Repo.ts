@@ -169,7 +169,7 @@ const json = (value: unknown) => (value === undefined ? null : JSON.stringify(va
 const At = Schema.DateFromSelf
 const Id = Schema.Struct({ id: Schema.String })
 
-export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Effect.gen(function* () {
+export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
 
   const held = sql`status IN ('claimed', 'running')`
@@ -438,8 +438,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
     Schema.Struct({ sessionId: Schema.String, maxAttempts: Schema.Int, at: At }),
     ({ at, maxAttempts, sessionId }) => revert(sql`claimed_by = ${sessionId}`, maxAttempts, at)
   )
-  const revertHeldBy = (sessionId: string, maxAttempts: number, at: Date) =>
-    revertHeld({ sessionId, maxAttempts, at })
+  const revertHeldBy = (sessionId: string, maxAttempts: number, at: Date) => revertHeld({ sessionId, maxAttempts, at })
 
   /** Held by a session no live broker serves: any session not of this instance. */
   const revertNotOf = moving(

@@ -142,11 +142,18 @@ export interface TaskQueueShape {
   readonly startupRecovery: Effect.Effect<number>
   readonly sweep: Effect.Effect<TaskSweepResult>
   /** Follows a task until it ends or `timeout` passes; the follower lives in the Scope. */
-  readonly waitFor: (taskId: string, timeout: Duration.DurationInput) => Effect.Effect<Waiter, TaskNotFound, Scope.Scope>
+  readonly waitFor: (
+    taskId: string,
+    timeout: Duration.DurationInput
+  ) => Effect.Effect<Waiter, TaskNotFound, Scope.Scope>
 }
 
 /** How a row ended, for the waiters of its task. */
-const endingOf = (row: TaskRow): TaskEnding => ({ task: taskFromRow(row), errorType: row.errorType, chunkCount: row.chunkCount })
+const endingOf = (row: TaskRow): TaskEnding => ({
+  task: taskFromRow(row),
+  errorType: row.errorType,
+  chunkCount: row.chunkCount
+})
 
 /** What a terminal task means to someone waiting for its answer. */
 export const outcome = ({ errorType, task }: TaskEnding): Effect.Effect<Task, WaitError> => {
@@ -177,7 +184,7 @@ export const outcome = ({ errorType, task }: TaskEnding): Effect.Effect<Task, Wa
   }
 }
 
-export const make = Effect.gen(function* () {
+export const make = Effect.gen(function*() {
   const repo = yield* TaskRepo
   const registry = yield* Registry
   const signals = yield* Signals
@@ -213,7 +220,7 @@ export const make = Effect.gen(function* () {
    * row is its own pool, in which case it names the pool (any member), like a
    * bare pool name does. `online`: some member is active now.
    */
-  const route = Effect.fn("TaskQueue.route")(function* (model: string, known?: ReadonlyArray<Llm>) {
+  const route = Effect.fn("TaskQueue.route")(function*(model: string, known?: ReadonlyArray<Llm>) {
     const rows = known ?? (yield* registry.resolve(model))
     if (rows.length === 0) return yield* new ModelNotFound({ message: `the model '${model}' does not exist` })
     const named = rows.find((row) => row.name === model)
@@ -232,13 +239,13 @@ export const make = Effect.gen(function* () {
   })
 
   /** Queues a task; `route` (from `TaskQueue.route`) saves looking the model up again. */
-  const enqueue = Effect.fn("TaskQueue.enqueue")(function* (request: EnqueueRequest, routed?: Route) {
+  const enqueue = Effect.fn("TaskQueue.enqueue")(function*(request: EnqueueRequest, routed?: Route) {
     const target = routed ?? (yield* route(request.model))
     return taskFromRow(yield* insert(Crypto.randomUUID(), request, target))
   })
 
   /** Stores a new pending task and wakes its pool. */
-  const insert = Effect.fnUntraced(function* (id: string, request: EnqueueRequest, target: Route) {
+  const insert = Effect.fnUntraced(function*(id: string, request: EnqueueRequest, target: Route) {
     const row = yield* repo.insert({
       id,
       pool: target.pool,
@@ -263,12 +270,12 @@ export const make = Effect.gen(function* () {
    * (priority, then age); reads only — the claim itself takes them.
    */
   const findPendingForPools = Effect.fn("TaskQueue.findPendingForPools")(
-    function* (pools: ReadonlyArray<string>, limit: number = 1000) {
+    function*(pools: ReadonlyArray<string>, limit: number = 1000) {
       return (yield* repo.findPendingForPools(pools, limit)).map(taskFromRow)
     }
   )
 
-  const list = Effect.fn("TaskQueue.list")(function* (request: ListRequest) {
+  const list = Effect.fn("TaskQueue.list")(function*(request: ListRequest) {
     let after: { createdAt: Date; id: string } | undefined
     if (request.cursor !== undefined) {
       const decoded = decodeCursor(request.cursor)
@@ -296,7 +303,7 @@ export const make = Effect.gen(function* () {
    * `retry` says a full row sits next to one with room, which may have lost a
    * task to it: look again at once.
    */
-  const claim = Effect.fn("TaskQueue.claim")(function* (sessionId: string) {
+  const claim = Effect.fn("TaskQueue.claim")(function*(sessionId: string) {
     const { tasks, full, roomLeft } = yield* repo.claimFor(sessionId, yield* now)
     const frames: Array<TaskFrame> = []
     for (const task of tasks) {
@@ -331,38 +338,45 @@ export const make = Effect.gen(function* () {
     h: Holder,
     completeAgain: boolean
   ): Effect.Effect<void, TaskNotFound | TaskCancelled | TaskAlreadyTerminal | TaskNotHeld> =>
-    Effect.flatMap(repo.find(h.taskId), (found): Effect.Effect<void, TaskNotFound | TaskCancelled | TaskAlreadyTerminal | TaskNotHeld> => {
-      if (Option.isNone(found)) return Effect.fail(new TaskNotFound({ message: `no task '${h.taskId}'` }))
-      const task = found.value
-      const sameAttempt = h.attempt === undefined || h.attempt === task.attempts
-      const mine = task.claimedBy === h.sessionId && sameAttempt
-      if (task.status === "cancelled") {
-        return Effect.fail(new TaskCancelled({ message: task.errorMessage ?? `task '${h.taskId}' was cancelled` }))
+    Effect.flatMap(
+      repo.find(h.taskId),
+      (found): Effect.Effect<void, TaskNotFound | TaskCancelled | TaskAlreadyTerminal | TaskNotHeld> => {
+        if (Option.isNone(found)) return Effect.fail(new TaskNotFound({ message: `no task '${h.taskId}'` }))
+        const task = found.value
+        const sameAttempt = h.attempt === undefined || h.attempt === task.attempts
+        const mine = task.claimedBy === h.sessionId && sameAttempt
+        if (task.status === "cancelled") {
+          return Effect.fail(new TaskCancelled({ message: task.errorMessage ?? `task '${h.taskId}' was cancelled` }))
+        }
+        if (completeAgain && mine && task.status === "completed") return Effect.void
+        if (isTerminal(task.status) && mine) {
+          return Effect.fail(
+            new TaskAlreadyTerminal({
+              message: `task '${h.taskId}' already ended (${task.status}); this session holds it no more`
+            })
+          )
+        }
+        return Effect.fail(
+          new TaskNotHeld({
+            message: sameAttempt
+              ? `session '${h.sessionId}' does not hold task '${h.taskId}'`
+              : `attempt ${h.attempt} of task '${h.taskId}' is over (now attempt ${task.attempts})`
+          })
+        )
       }
-      if (completeAgain && mine && task.status === "completed") return Effect.void
-      if (isTerminal(task.status) && mine) {
-        return Effect.fail(new TaskAlreadyTerminal({ message: `task '${h.taskId}' already ended (${task.status}); this session holds it no more` }))
-      }
-      return Effect.fail(
-        new TaskNotHeld({
-          message: sameAttempt
-            ? `session '${h.sessionId}' does not hold task '${h.taskId}'`
-            : `attempt ${h.attempt} of task '${h.taskId}' is over (now attempt ${task.attempts})`
-        })
-      )
-    })
+    )
 
   const holder = (sessionId: string, taskId: string, attempt: number | undefined): Holder =>
     attempt === undefined ? { sessionId, taskId } : { sessionId, taskId, attempt }
 
-  const ack = Effect.fn("TaskQueue.ack")(function* (sessionId: string, taskId: string, attempt?: number) {
+  const ack = Effect.fn("TaskQueue.ack")(function*(sessionId: string, taskId: string, attempt?: number) {
     const h = holder(sessionId, taskId, attempt)
     if (!(yield* repo.ack(h, yield* now))) return yield* diagnose(h, false)
     yield* changed(taskId, "running")
   })
 
   const appendChunks = Effect.fn("TaskQueue.appendChunks")(
-    function* (sessionId: string, taskId: string, chunks: ReadonlyArray<string>, attempt?: number) {
+    function*(sessionId: string, taskId: string, chunks: ReadonlyArray<string>, attempt?: number) {
       const h = holder(sessionId, taskId, attempt)
       if (chunks.length === 0) return yield* ack(sessionId, taskId, attempt)
       const stored = yield* repo.appendChunks(h, chunks, yield* now)
@@ -378,7 +392,7 @@ export const make = Effect.gen(function* () {
     )
 
   const complete = Effect.fn("TaskQueue.complete")(
-    function* (sessionId: string, taskId: string, result: { status: number; body?: unknown }, attempt?: number) {
+    function*(sessionId: string, taskId: string, result: { status: number; body?: unknown }, attempt?: number) {
       const h = holder(sessionId, taskId, attempt)
       const done = yield* repo.complete(h, result.status, result.body, yield* now)
       if (Option.isNone(done)) return yield* diagnose(h, true)
@@ -387,7 +401,7 @@ export const make = Effect.gen(function* () {
   )
 
   const fail = Effect.fn("TaskQueue.fail")(
-    function* (
+    function*(
       sessionId: string,
       taskId: string,
       error: { message: string; status: number; body?: unknown },
@@ -401,7 +415,7 @@ export const make = Effect.gen(function* () {
   )
 
   /** Cancels a live task (its holder gets `cancel`); a finished task is returned as it is. */
-  const cancel = Effect.fn("TaskQueue.cancel")(function* (taskId: string, reason: string) {
+  const cancel = Effect.fn("TaskQueue.cancel")(function*(taskId: string, reason: string) {
     const cancelled = yield* repo.cancel(taskId, reason, yield* now)
     if (Option.isSome(cancelled)) {
       const row = cancelled.value
@@ -418,14 +432,14 @@ export const make = Effect.gen(function* () {
   })
 
   /** The session is gone: its held tasks revert or fail (PROTOCOL.md "Disconnects"). */
-  const revertHeldBy = Effect.fn("TaskQueue.revertHeldBy")(function* (sessionId: string) {
+  const revertHeldBy = Effect.fn("TaskQueue.revertHeldBy")(function*(sessionId: string) {
     const moved = yield* repo.revertHeldBy(sessionId, config.maxAttempts, yield* now)
     yield* announce(moved)
     return moved.length
   })
 
   /** At start: sessions of a dead broker process are offline, and the tasks they held revert. */
-  const startupRecovery = Effect.gen(function* () {
+  const startupRecovery = Effect.gen(function*() {
     const offline = yield* registry.recoverAfterRestart()
     const moved = yield* repo.revertForeign(instanceId, config.maxAttempts, yield* now)
     yield* announce(moved)
@@ -438,7 +452,7 @@ export const make = Effect.gen(function* () {
   }).pipe(Effect.withSpan("TaskQueue.startupRecovery"))
 
   /** One pass of the task timeouts and retention; each step idempotent. */
-  const sweep = Effect.gen(function* () {
+  const sweep = Effect.gen(function*() {
     const at = yield* Effect.clockWith((c) => c.currentTimeMillis)
     const atDate = new Date(at)
     const unacked = yield* repo.revertUnacked(cutoff(at, config.claimAckTimeout), config.maxAttempts, atDate)
@@ -467,7 +481,7 @@ export const make = Effect.gen(function* () {
    * a missed event) and its outcome. The follower fiber lives in the Scope.
    */
   const waitFor = (taskId: string, timeoutInput: Duration.DurationInput) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const events = yield* signals.subscribeTask(taskId)
       const initial = yield* repo.find(taskId)
       if (Option.isNone(initial)) return yield* new TaskNotFound({ message: `no task '${taskId}'` })
@@ -480,7 +494,7 @@ export const make = Effect.gen(function* () {
    * re-read is needed.
    */
   const submit = (request: EnqueueRequest, routed: Route, timeoutInput: Duration.DurationInput) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const id = Crypto.randomUUID()
       const events = yield* signals.subscribeTask(id)
       const row = yield* insert(id, request, routed)
@@ -490,7 +504,7 @@ export const make = Effect.gen(function* () {
 
   /** A waiter on a task from a known row, with its task events already subscribed. */
   const watch = (taskId: string, timeout: Duration.Duration, events: Queue.Dequeue<TaskEvent>, initialRow: TaskRow) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const mailbox = yield* Mailbox.make<string>()
       const result = yield* Deferred.make<Task, WaitError>()
       let nextSeq = 1
@@ -504,7 +518,7 @@ export const make = Effect.gen(function* () {
       const replay = Effect.suspend(() => Effect.flatMap(repo.chunksFrom(taskId, nextSeq), deliver))
       /** Catch up: replay batches not seen yet (of `chunkCount` so far); end if the task ended. */
       const catchUp = (chunkCount: number, ending: TaskEnding | undefined) =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           if (chunkCount >= nextSeq) yield* replay
           if (ending === undefined) return false
           yield* mailbox.end
@@ -516,7 +530,10 @@ export const make = Effect.gen(function* () {
         Option.isNone(row)
           ? Effect.as(
             // the row was deleted under the waiter: end its output too, or a reader of `chunks` waits forever
-            Effect.zipRight(mailbox.end, Deferred.fail(result, new TaskCancelled({ message: `task '${taskId}' is gone` }))),
+            Effect.zipRight(
+              mailbox.end,
+              Deferred.fail(result, new TaskCancelled({ message: `task '${taskId}' is gone` }))
+            ),
             true
           )
           : catchUpRow(row.value))
@@ -532,16 +549,19 @@ export const make = Effect.gen(function* () {
         return isTerminal(event.status) ? check : Effect.succeed(false)
       }
 
-      const follow = Effect.gen(function* () {
+      const follow = Effect.gen(function*() {
         if (yield* catchUpRow(initialRow)) return
         while (true) {
           const event = yield* Queue.take(events).pipe(Effect.timeout(config.pollInterval), Effect.option)
           if (yield* (Option.isSome(event) ? onEvent(event.value) : check)) return
         }
       })
-      const expire = Effect.gen(function* () {
+      const expire = Effect.gen(function*() {
         yield* Effect.sleep(timeout)
-        yield* Deferred.fail(result, new Timeout({ message: `task '${taskId}' did not finish within ${Duration.format(timeout)}` }))
+        yield* Deferred.fail(
+          result,
+          new Timeout({ message: `task '${taskId}' did not finish within ${Duration.format(timeout)}` })
+        )
         yield* mailbox.end
       })
       yield* Effect.forkScoped(Effect.raceFirst(follow, expire))

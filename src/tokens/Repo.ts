@@ -42,7 +42,7 @@ export interface TokenRepoShape {
 
 const At = Schema.DateFromSelf
 
-export const make: Effect.Effect<TokenRepoShape, never, SqlClient.SqlClient> = Effect.gen(function* () {
+export const make: Effect.Effect<TokenRepoShape, never, SqlClient.SqlClient> = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
 
   const insertToken = SqlSchema.void({
@@ -91,8 +91,7 @@ export const make: Effect.Effect<TokenRepoShape, never, SqlClient.SqlClient> = E
   const countAdmins = SqlSchema.single({
     Request: Schema.Void,
     Result: Schema.Struct({ n: Schema.Int }),
-    execute: () =>
-      sql`SELECT count(*)::int AS n FROM llm_relay.api_tokens WHERE role = 'admin' AND revoked_at IS NULL`
+    execute: () => sql`SELECT count(*)::int AS n FROM llm_relay.api_tokens WHERE role = 'admin' AND revoked_at IS NULL`
   })
   const countActiveAdmins = countAdmins(undefined).pipe(Effect.map(({ n }) => n), Effect.orDie)
 

@@ -27,13 +27,15 @@ export interface TokensShape {
    * Make sure an admin can get in; returns a generated admin token when one
    * had to be made (to print once).
    */
-  readonly ensureAdmin: (fromEnv: Option.Option<Redacted.Redacted<string>>) => Effect.Effect<Option.Option<CreatedToken>>
+  readonly ensureAdmin: (
+    fromEnv: Option.Option<Redacted.Redacted<string>>
+  ) => Effect.Effect<Option.Option<CreatedToken>>
 }
 
-export const make: Effect.Effect<TokensShape, never, TokenRepo> = Effect.gen(function* () {
+export const make: Effect.Effect<TokensShape, never, TokenRepo> = Effect.gen(function*() {
   const repo = yield* TokenRepo
 
-  const create = Effect.fn("Tokens.create")(function* (input: { readonly role: Role; readonly name: string }) {
+  const create = Effect.fn("Tokens.create")(function*(input: { readonly role: Role; readonly name: string }) {
     const token = generateSecret()
     const id = `tok_${Crypto.randomBytes(9).toString("base64url")}`
     yield* repo.insert({ id, name: input.name, role: input.role, tokenHash: hashToken(token) }, yield* now)
@@ -42,7 +44,7 @@ export const make: Effect.Effect<TokensShape, never, TokenRepo> = Effect.gen(fun
 
   const list = Effect.map(repo.all, (rows) => rows.map((row) => new TokenInfo(row)))
 
-  const revoke = Effect.fn("Tokens.revoke")(function* (id: string) {
+  const revoke = Effect.fn("Tokens.revoke")(function*(id: string) {
     const updated = yield* repo.revoke(id, yield* now)
     if (Option.isNone(updated)) return yield* new NotFound({ message: `no token '${id}'` })
     yield* known.invalidateAll
@@ -70,7 +72,7 @@ export const make: Effect.Effect<TokensShape, never, TokenRepo> = Effect.gen(fun
    * id; with no env token and no admin token at all, one is generated and
    * returned so the caller prints it once.
    */
-  const ensureAdmin = Effect.fn("Tokens.ensureAdmin")(function* (fromEnv: Option.Option<Redacted.Redacted<string>>) {
+  const ensureAdmin = Effect.fn("Tokens.ensureAdmin")(function*(fromEnv: Option.Option<Redacted.Redacted<string>>) {
     const at = yield* now
     if (Option.isSome(fromEnv)) {
       const secret = Redacted.value(fromEnv.value)

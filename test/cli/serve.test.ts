@@ -30,7 +30,9 @@ describe("llm-relay serve", () => {
       const health = await fetch(`http://127.0.0.1:${port}/healthz`)
       assert.deepStrictEqual(await health.json(), { status: "ok" })
       assert.strictEqual((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200)
-      const models = await fetch(`http://127.0.0.1:${port}/v1/models`, { headers: { authorization: `Bearer ${ADMIN}` } })
+      const models = await fetch(`http://127.0.0.1:${port}/v1/models`, {
+        headers: { authorization: `Bearer ${ADMIN}` }
+      })
       assert.strictEqual(models.status, 200)
     } finally {
       serve.child.kill("SIGTERM")
@@ -71,97 +73,116 @@ describe("llm-relay serve", () => {
     assert.match(second.output, /up to date/)
   })
 
-  it("without DATABASE_URL: embedded PostgreSQL in RELAY_DATA_DIR, a generated admin token, one broker per data dir", async () => {
-    const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "llm-relay-serve-"))
-    const [port, port2] = [await Effect.runPromise(freePort), await Effect.runPromise(freePort)]
-    const env = { DATABASE_URL: "", RELAY_DATA_DIR: dataDir, RELAY_ADMIN_TOKEN: undefined }
-    const serve = spawnRelay(["serve", "--port", String(port)], env)
-    try {
-      await serve.waitFor(/Listening on/, 90_000)
-      assert.match(serve.output, /embedded PostgreSQL/)
-      const [, token] = serve.output.match(/admin token[^\n]*\n\s*\n\s*(\S+)/) ?? []
-      assert.isString(token)
-      const health = await fetch(`http://127.0.0.1:${port}/healthz`)
-      assert.strictEqual(health.status, 200)
-      const models = await fetch(`http://127.0.0.1:${port}/v1/models`, { headers: { authorization: `Bearer ${token}` } })
-      assert.strictEqual(models.status, 200)
-      const second = spawnRelay(["serve", "--port", String(port2)], env)
-      assert.notStrictEqual(await second.exited, 0)
-      assert.match(second.output, /in use by another llm-relay process/)
-    } finally {
-      serve.child.kill("SIGTERM")
-    }
-    assert.strictEqual(await serve.exited, 0)
-    // the data stays: a restart finds the same database and prints no new token
-    const again = spawnRelay(["serve", "--port", String(port)], env)
-    try {
-      await again.waitFor(/Listening on/, 90_000)
-      assert.notMatch(again.output, /Generated an admin token/)
-    } finally {
-      again.child.kill("SIGTERM")
-    }
-    assert.strictEqual(await again.exited, 0)
-    Fs.rmSync(dataDir, { recursive: true, force: true })
-  }, 240_000)
-
-  it("two signals 20 ms apart stop the broker and its embedded PostgreSQL; a server a killed broker left behind is named with its pid", async () => {
-    const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "llm-relay-signals-"))
-    const port = await Effect.runPromise(freePort)
-    const env = { DATABASE_URL: "", RELAY_DATA_DIR: dataDir, RELAY_ADMIN_TOKEN: ADMIN }
-    const serverPid = () => Number.parseInt(Fs.readFileSync(Path.join(dataDir, "pg", "postmaster.pid"), "utf8").split("\n")[0]!, 10)
-    let leftover: number | undefined
-    try {
-      const first = spawnRelay(["serve", "--port", String(port)], env)
-      await first.waitFor(/Listening on/, 90_000)
-      const pid = serverPid()
-      first.child.kill("SIGINT")
-      await new Promise((r) => setTimeout(r, 20))
-      first.child.kill("SIGINT")
-      assert.strictEqual(await first.exited, 0, first.output)
-      assert.isFalse(isAlive(pid), "the embedded PostgreSQL outlived its broker")
-
-      const killed = spawnRelay(["serve", "--port", String(port)], env)
-      await killed.waitFor(/Listening on/, 90_000)
-      leftover = serverPid()
-      killed.child.kill("SIGKILL")
-      await killed.exited
-      assert.isTrue(isAlive(leftover)) // nothing can stop it when its broker is killed outright
-
-      const next = spawnRelay(["serve", "--port", String(port)], env)
-      assert.strictEqual(await next.exited, 1)
-      assert.include(next.output, `still running on ${Path.join(dataDir, "pg")} (pid ${leftover})`)
-      assert.notMatch(next.output, /\n\s+at /, "a stack trace instead of one line")
-    } finally {
-      if (leftover !== undefined && isAlive(leftover)) process.kill(leftover, "SIGINT")
-      while (leftover !== undefined && isAlive(leftover)) await new Promise((r) => setTimeout(r, 50))
-      Fs.rmSync(dataDir, { recursive: true, force: true })
-    }
-  }, 240_000)
-
-  it("a data dir inside a private directory (mode 700) works; as root the cluster moves where the postgres user can reach it", async () => {
-    const parent = Fs.mkdtempSync(Path.join(Os.tmpdir(), "llm-relay-private-"))
-    Fs.chmodSync(parent, 0o700)
-    const dataDir = Path.join(parent, "data")
-    const port = await Effect.runPromise(freePort)
-    const serve = spawnRelay(["serve", "--port", String(port)], { DATABASE_URL: "", RELAY_DATA_DIR: dataDir, RELAY_ADMIN_TOKEN: ADMIN })
-    let moved: string | undefined
-    try {
-      await serve.waitFor(/Listening on/, 90_000)
-      assert.strictEqual((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200)
-      if (Os.userInfo().uid === 0) {
-        moved = serve.output.match(/the embedded cluster lives in (\S+)/)?.[1]
-        assert.isString(moved, serve.output)
-        assert.isTrue(Fs.existsSync(Path.join(moved!, "PG_VERSION")))
-      } else {
-        assert.isTrue(Fs.existsSync(Path.join(dataDir, "pg", "PG_VERSION")))
+  it(
+    "without DATABASE_URL: embedded PostgreSQL in RELAY_DATA_DIR, a generated admin token, one broker per data dir",
+    async () => {
+      const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "llm-relay-serve-"))
+      const [port, port2] = [await Effect.runPromise(freePort), await Effect.runPromise(freePort)]
+      const env = { DATABASE_URL: "", RELAY_DATA_DIR: dataDir, RELAY_ADMIN_TOKEN: undefined }
+      const serve = spawnRelay(["serve", "--port", String(port)], env)
+      try {
+        await serve.waitFor(/Listening on/, 90_000)
+        assert.match(serve.output, /embedded PostgreSQL/)
+        const [, token] = serve.output.match(/admin token[^\n]*\n\s*\n\s*(\S+)/) ?? []
+        assert.isString(token)
+        const health = await fetch(`http://127.0.0.1:${port}/healthz`)
+        assert.strictEqual(health.status, 200)
+        const models = await fetch(`http://127.0.0.1:${port}/v1/models`, {
+          headers: { authorization: `Bearer ${token}` }
+        })
+        assert.strictEqual(models.status, 200)
+        const second = spawnRelay(["serve", "--port", String(port2)], env)
+        assert.notStrictEqual(await second.exited, 0)
+        assert.match(second.output, /in use by another llm-relay process/)
+      } finally {
+        serve.child.kill("SIGTERM")
       }
-    } finally {
-      serve.child.kill("SIGTERM")
-    }
-    assert.strictEqual(await serve.exited, 0)
-    if (moved !== undefined) Fs.rmSync(moved, { recursive: true, force: true })
-    Fs.rmSync(parent, { recursive: true, force: true })
-  }, 240_000)
+      assert.strictEqual(await serve.exited, 0)
+      // the data stays: a restart finds the same database and prints no new token
+      const again = spawnRelay(["serve", "--port", String(port)], env)
+      try {
+        await again.waitFor(/Listening on/, 90_000)
+        assert.notMatch(again.output, /Generated an admin token/)
+      } finally {
+        again.child.kill("SIGTERM")
+      }
+      assert.strictEqual(await again.exited, 0)
+      Fs.rmSync(dataDir, { recursive: true, force: true })
+    },
+    240_000
+  )
+
+  it(
+    "two signals 20 ms apart stop the broker and its embedded PostgreSQL; a server a killed broker left behind is named with its pid",
+    async () => {
+      const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "llm-relay-signals-"))
+      const port = await Effect.runPromise(freePort)
+      const env = { DATABASE_URL: "", RELAY_DATA_DIR: dataDir, RELAY_ADMIN_TOKEN: ADMIN }
+      const serverPid = () =>
+        Number.parseInt(Fs.readFileSync(Path.join(dataDir, "pg", "postmaster.pid"), "utf8").split("\n")[0]!, 10)
+      let leftover: number | undefined
+      try {
+        const first = spawnRelay(["serve", "--port", String(port)], env)
+        await first.waitFor(/Listening on/, 90_000)
+        const pid = serverPid()
+        first.child.kill("SIGINT")
+        await new Promise((r) => setTimeout(r, 20))
+        first.child.kill("SIGINT")
+        assert.strictEqual(await first.exited, 0, first.output)
+        assert.isFalse(isAlive(pid), "the embedded PostgreSQL outlived its broker")
+
+        const killed = spawnRelay(["serve", "--port", String(port)], env)
+        await killed.waitFor(/Listening on/, 90_000)
+        leftover = serverPid()
+        killed.child.kill("SIGKILL")
+        await killed.exited
+        assert.isTrue(isAlive(leftover)) // nothing can stop it when its broker is killed outright
+
+        const next = spawnRelay(["serve", "--port", String(port)], env)
+        assert.strictEqual(await next.exited, 1)
+        assert.include(next.output, `still running on ${Path.join(dataDir, "pg")} (pid ${leftover})`)
+        assert.notMatch(next.output, /\n\s+at /, "a stack trace instead of one line")
+      } finally {
+        if (leftover !== undefined && isAlive(leftover)) process.kill(leftover, "SIGINT")
+        while (leftover !== undefined && isAlive(leftover)) await new Promise((r) => setTimeout(r, 50))
+        Fs.rmSync(dataDir, { recursive: true, force: true })
+      }
+    },
+    240_000
+  )
+
+  it(
+    "a data dir inside a private directory (mode 700) works; as root the cluster moves where the postgres user can reach it",
+    async () => {
+      const parent = Fs.mkdtempSync(Path.join(Os.tmpdir(), "llm-relay-private-"))
+      Fs.chmodSync(parent, 0o700)
+      const dataDir = Path.join(parent, "data")
+      const port = await Effect.runPromise(freePort)
+      const serve = spawnRelay(["serve", "--port", String(port)], {
+        DATABASE_URL: "",
+        RELAY_DATA_DIR: dataDir,
+        RELAY_ADMIN_TOKEN: ADMIN
+      })
+      let moved: string | undefined
+      try {
+        await serve.waitFor(/Listening on/, 90_000)
+        assert.strictEqual((await fetch(`http://127.0.0.1:${port}/readyz`)).status, 200)
+        if (Os.userInfo().uid === 0) {
+          moved = serve.output.match(/the embedded cluster lives in (\S+)/)?.[1]
+          assert.isString(moved, serve.output)
+          assert.isTrue(Fs.existsSync(Path.join(moved!, "PG_VERSION")))
+        } else {
+          assert.isTrue(Fs.existsSync(Path.join(dataDir, "pg", "PG_VERSION")))
+        }
+      } finally {
+        serve.child.kill("SIGTERM")
+      }
+      assert.strictEqual(await serve.exited, 0)
+      if (moved !== undefined) Fs.rmSync(moved, { recursive: true, force: true })
+      Fs.rmSync(parent, { recursive: true, force: true })
+    },
+    240_000
+  )
 })
 
 const isAlive = (pid: number) => {

@@ -5,7 +5,7 @@ import { loadMigrations, migrate } from "../../src/db/Migrator.js"
 import * as TestDatabase from "../support/TestDatabase.js"
 
 const snapshotOf = (schema: string) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const columns = yield* sql<{ tableName: string; columnName: string; dataType: string }>`
       SELECT table_name, column_name, data_type FROM information_schema.columns
@@ -20,7 +20,7 @@ const snapshotOf = (schema: string) =>
 const schemaSnapshot = snapshotOf("llm_relay")
 
 /** What the broker before 0002 did: its migrations table and 0001, unqualified (in `public`). */
-const migrateLikeTheOldBroker = Effect.gen(function* () {
+const migrateLikeTheOldBroker = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const init = loadMigrations().find((m) => m.id === 1)!
   yield* sql`CREATE TABLE llm_relay_migrations (
@@ -38,7 +38,7 @@ const migrateLikeTheOldBroker = Effect.gen(function* () {
 
 describe("Migrator", () => {
   it.effect("applies every migration on a fresh database, and a second run is a no-op with the same schema", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const first = yield* migrate()
       assert.deepStrictEqual(first.map((m) => m.id), loadMigrations().map((m) => m.id))
       const before = yield* schemaSnapshot
@@ -56,7 +56,7 @@ describe("Migrator", () => {
     }).pipe(Effect.provide(TestDatabase.layerEmpty)))
 
   it.effect("moves a database the previous broker migrated into llm_relay, rows and all, and ends with the fresh schema", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       yield* migrateLikeTheOldBroker
       const at = new Date(1_000)
@@ -77,7 +77,13 @@ describe("Migrator", () => {
                (SELECT id FROM llm_relay.inference_tasks) AS task,
                (SELECT status::text FROM llm_relay.inference_tasks) AS status,
                (SELECT count(*)::int FROM llm_relay.inference_task_chunks) AS chunks`
-      assert.deepStrictEqual(moved[0], { llm: "old-llm", token: "old-token", task: "task-1", status: "pending", chunks: 1 })
+      assert.deepStrictEqual(moved[0], {
+        llm: "old-llm",
+        token: "old-token",
+        task: "task-1",
+        status: "pending",
+        chunks: 1
+      })
       // the identity sequence and the enum moved with the table
       const next = yield* sql<{ seq: string; status: string }>`
         INSERT INTO llm_relay.inference_tasks (id, pool, model, path, request_body, owner_id, created_at, updated_at, status)
@@ -102,7 +108,7 @@ describe("Migrator", () => {
     }).pipe(Effect.provide(TestDatabase.layerEmpty)))
 
   it.effect("migrates next to a host's own tables named like the broker's, leaving them untouched", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       yield* sql`CREATE TABLE public.llms (id serial PRIMARY KEY, title text NOT NULL)`
       yield* sql`CREATE TABLE public.api_tokens (token text PRIMARY KEY)`
@@ -125,7 +131,7 @@ describe("Migrator", () => {
     }).pipe(Effect.provide(TestDatabase.layerEmpty)))
 
   it.effect("concurrent migrators apply each file once", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const results = yield* Effect.all([migrate(), migrate(), migrate()], { concurrency: "unbounded" })
       const applied = results.flat().map((m) => m.id).sort()
       assert.deepStrictEqual(applied, loadMigrations().map((m) => m.id).sort())

@@ -5,7 +5,10 @@ describe("joinUpstream", () => {
   it("does not repeat /v1 when the base ends in it", () => {
     assert.strictEqual(joinUpstream("http://h:8000/v1", "/v1/chat/completions"), "http://h:8000/v1/chat/completions")
     assert.strictEqual(joinUpstream("http://h:8000/v1/", "/v1/embeddings"), "http://h:8000/v1/embeddings")
-    assert.strictEqual(joinUpstream("https://api.example.com/openai/v1//", "/v1/completions"), "https://api.example.com/openai/v1/completions")
+    assert.strictEqual(
+      joinUpstream("https://api.example.com/openai/v1//", "/v1/completions"),
+      "https://api.example.com/openai/v1/completions"
+    )
   })
 
   it("appends the whole path to a base without /v1", () => {

@@ -24,7 +24,10 @@ let counter = 0
 const unique = (prefix: string) => `${prefix}-${++counter}-${Math.random().toString(36).slice(2, 6)}`
 
 /** A publisher with one provider, registered and connected. */
-const online = async (providers: ReadonlyArray<{ name: string; pool?: string; maxConcurrent?: number }>, token = publisherToken) => {
+const online = async (
+  providers: ReadonlyArray<{ name: string; pool?: string; maxConcurrent?: number }>,
+  token = publisherToken
+) => {
   const publisher = new RawPublisher(broker.url, token)
   const response = await publisher.register(providers)
   assert.strictEqual(response.status, 200, await response.clone().text())
@@ -57,7 +60,11 @@ describe("chat completions through a publisher", () => {
       assert.strictEqual(task.attempt, 1)
       assert.deepStrictEqual(task.body.messages, [{ role: "user", content: "hi" }])
       await publisher.post(task.taskId, "ack", { attempt: task.attempt })
-      await publisher.post(task.taskId, "result", { status: 200, body: completion("hello there"), attempt: task.attempt })
+      await publisher.post(task.taskId, "result", {
+        status: 200,
+        body: completion("hello there"),
+        attempt: task.attempt
+      })
     })
     const { data, response } = await client.chat.completions
       .create({ model: name, messages: [{ role: "user", content: "hi" }] })
@@ -98,14 +105,25 @@ describe("chat completions through a publisher", () => {
   it("streaming: a chunk spread over several lines (LF or CRLF) reaches the SDK whole; a bodiless result ends it", async () => {
     const name = unique("llm")
     const publisher = await online([{ name }])
-    const pretty = (content: string, eol: string) => JSON.stringify(JSON.parse(chunk(content)), null, 2).split("\n").join(eol)
+    const pretty = (content: string, eol: string) =>
+      JSON.stringify(JSON.parse(chunk(content)), null, 2).split("\n").join(eol)
     const stop = autoServe(publisher, async (task) => {
-      await publisher.post(task.taskId, "chunks", { chunks: [pretty("one ", "\n"), pretty("two", "\r\n")], attempt: task.attempt })
+      await publisher.post(task.taskId, "chunks", {
+        chunks: [pretty("one ", "\n"), pretty("two", "\r\n")],
+        attempt: task.attempt
+      })
       // a result with no body at all: status 200, the stream's end
-      const end = await publisher.request("POST", `/v1/publishers/sessions/${publisher.sessionId}/tasks/${task.taskId}/result`)
+      const end = await publisher.request(
+        "POST",
+        `/v1/publishers/sessions/${publisher.sessionId}/tasks/${task.taskId}/result`
+      )
       assert.strictEqual(end.status, 204, await end.clone().text())
     })
-    const stream = await client.chat.completions.create({ model: name, messages: [{ role: "user", content: "x" }], stream: true })
+    const stream = await client.chat.completions.create({
+      model: name,
+      messages: [{ role: "user", content: "x" }],
+      stream: true
+    })
     const received: Array<string> = []
     for await (const part of stream) received.push(part.choices[0]?.delta?.content ?? "")
     stop()
@@ -125,7 +143,10 @@ describe("chat completions through a publisher", () => {
       })
     const stops = [serve(a), serve(b)]
     const answers = await Promise.all(
-      Array.from({ length: 6 }, () => client.chat.completions.create({ model: pool, messages: [{ role: "user", content: "x" }] }))
+      Array.from(
+        { length: 6 },
+        () => client.chat.completions.create({ model: pool, messages: [{ role: "user", content: "x" }] })
+      )
     )
     stops.forEach((stop) => stop())
     assert.strictEqual(answers.length, 6)
@@ -141,7 +162,11 @@ describe("chat completions through a publisher", () => {
     const name = unique("llm")
     const publisher = await online([{ name }])
     const stop = autoServe(publisher, async (task) => {
-      await publisher.post(task.taskId, "error", { status: 429, message: "upstream says slow down", attempt: task.attempt })
+      await publisher.post(task.taskId, "error", {
+        status: 429,
+        message: "upstream says slow down",
+        attempt: task.attempt
+      })
     })
     const error = await client.chat.completions
       .create({ model: name, messages: [{ role: "user", content: "x" }] })
@@ -218,7 +243,10 @@ describe("errors a client sees", () => {
       token: otherToken
     })
     assert.strictEqual(heartbeat.status, 403)
-    const hijack = await new RawPublisher(broker.url, otherToken).register([{ name: unique("llm") }], publisher.sessionId)
+    const hijack = await new RawPublisher(broker.url, otherToken).register(
+      [{ name: unique("llm") }],
+      publisher.sessionId
+    )
     assert.strictEqual(hijack.status, 403)
     publisher.disconnect()
   })
@@ -255,7 +283,11 @@ describe("errors a client sees", () => {
     const created = await fetchJson("/v1/tasks", {
       method: "POST",
       token: clientToken,
-      body: JSON.stringify({ model: name, agentId, body: { model: name, messages: [{ role: "user", content: "a\u0000b" }] } })
+      body: JSON.stringify({
+        model: name,
+        agentId,
+        body: { model: name, messages: [{ role: "user", content: "a\u0000b" }] }
+      })
     })
     assert.strictEqual(created.status, 400)
     assert.strictEqual(created.body.error.type, "BadRequest")
@@ -290,7 +322,10 @@ describe("publisher sessions", () => {
   it("re-registering with the sticky sessionId keeps the rows' ids", async () => {
     const name = unique("llm")
     const publisher = new RawPublisher(broker.url, publisherToken)
-    const first = (await (await publisher.register([{ name }])).json()) as { sessionId: string; llms: Array<{ id: string }> }
+    const first = (await (await publisher.register([{ name }])).json()) as {
+      sessionId: string
+      llms: Array<{ id: string }>
+    }
     const again = (await (await publisher.register([{ name, maxConcurrent: 2 }], first.sessionId)).json()) as {
       sessionId: string
       llms: Array<{ id: string; maxConcurrent: number }>
@@ -352,7 +387,10 @@ describe("publisher sessions", () => {
       await publisher.post(task.taskId, "result", { body: completion("ok"), attempt: task.attempt })
     })
     const answers = await Promise.all(
-      Array.from({ length: 20 }, () => client.chat.completions.create({ model: name, messages: [{ role: "user", content: "x" }] }))
+      Array.from(
+        { length: 20 },
+        () => client.chat.completions.create({ model: name, messages: [{ role: "user", content: "x" }] })
+      )
     )
     stop()
     assert.strictEqual(answers.length, 20)
@@ -448,8 +486,10 @@ describe("relay headers and task streams", () => {
     await new Promise((r) => setTimeout(r, 300))
     await publisher.register([{ name }])
     await publisher.connect()
-    const stop = autoServe(publisher, (task) =>
-      publisher.post(task.taskId, "result", { body: completion("served late"), attempt: task.attempt }))
+    const stop = autoServe(
+      publisher,
+      (task) => publisher.post(task.taskId, "result", { body: completion("served late"), attempt: task.attempt })
+    )
     const answer = await call
     stop()
     publisher.disconnect()
@@ -463,7 +503,11 @@ describe("relay headers and task streams", () => {
     await publisher.request("DELETE", `/v1/publishers/sessions/${publisher.sessionId}`)
     const response = await fetch(`${broker.url}/v1/chat/completions`, {
       method: "POST",
-      headers: { authorization: `Bearer ${clientToken}`, "content-type": "application/json", "x-relay-max-wait": "0.3" },
+      headers: {
+        authorization: `Bearer ${clientToken}`,
+        "content-type": "application/json",
+        "x-relay-max-wait": "0.3"
+      },
       body: JSON.stringify({ model: name, messages: [{ role: "user", content: "anyone?" }] })
     })
     assert.strictEqual(response.status, 503)
@@ -479,7 +523,11 @@ describe("relay headers and task streams", () => {
     const publisher = await online([{ name }])
     const response = await fetch(`${broker.url}/v1/chat/completions`, {
       method: "POST",
-      headers: { authorization: `Bearer ${clientToken}`, "content-type": "application/json", "x-relay-timeout": "soon" },
+      headers: {
+        authorization: `Bearer ${clientToken}`,
+        "content-type": "application/json",
+        "x-relay-timeout": "soon"
+      },
       body: JSON.stringify({ model: name, messages: [] })
     })
     assert.strictEqual(response.status, 400)

@@ -115,9 +115,16 @@ describe("async tasks", () => {
       }
     })()
     const statuses = () =>
-      events.filter((e) => e.event === "status").map((e) => `${JSON.parse(e.data).status}#${JSON.parse(e.data).attempts}`)
+      events.filter((e) => e.event === "status").map((e) =>
+        `${JSON.parse(e.data).status}#${JSON.parse(e.data).attempts}`
+      )
     const until = async (what: () => boolean) => {
-      for (let i = 0; i < 100 && !what(); i++) await new Promise<void>((r) => { notify = r; setTimeout(r, 100) })
+      for (let i = 0; i < 100 && !what(); i++) {
+        await new Promise<void>((r) => {
+          notify = r
+          setTimeout(r, 100)
+        })
+      }
     }
     await until(() => events.some((e) => e.event === ":")) // the broker's keepalive is 200 ms here
     await registering.connect()
@@ -138,7 +145,10 @@ describe("async tasks", () => {
     second.disconnect()
     assert.deepStrictEqual(statuses(), ["pending#0", "claimed#1", "pending#1", "claimed#2", "running#2"])
     assert.isTrue(events.some((e) => e.event === ":"), "keepalive comments while nothing happens")
-    assert.deepStrictEqual(events.filter((e) => e.event === "chunk").map((e) => JSON.parse(e.data).choices[0].delta.content), ["x"])
+    assert.deepStrictEqual(
+      events.filter((e) => e.event === "chunk").map((e) => JSON.parse(e.data).choices[0].delta.content),
+      ["x"]
+    )
     assert.strictEqual(JSON.parse(events[events.length - 1]!.data).status, "completed")
   })
 })
@@ -162,7 +172,11 @@ describe("publisher posts", () => {
     const created = await createTask(name)
     const task = await publisher.nextTask()
     assert.strictEqual(task.taskId, created.body.id)
-    const failed = await publisher.post(task.taskId, "error", { message: "upstream broke", status: 500, attempt: task.attempt })
+    const failed = await publisher.post(task.taskId, "error", {
+      message: "upstream broke",
+      status: 500,
+      attempt: task.attempt
+    })
     assert.strictEqual(failed.status, 204)
     for (const what of ["chunks", "result", "ack"] as const) {
       const late = await publisher.post(task.taskId, what, { chunks: [chunk("late")], attempt: task.attempt })
@@ -177,7 +191,9 @@ describe("publisher posts", () => {
     const name = unique("llm")
     const publisher = await online([{ name }])
     const client = broker.openai(clientToken)
-    const answer = client.chat.completions.create({ model: name, messages: [{ role: "user", content: "hi" }] }).catch((e: unknown) => e)
+    const answer = client.chat.completions.create({ model: name, messages: [{ role: "user", content: "hi" }] }).catch((
+      e: unknown
+    ) => e)
     const task = await publisher.nextTask()
     assert.strictEqual((await publisher.post(task.taskId, "result", { attempt: task.attempt })).status, 204)
     const failure = await answer
@@ -264,7 +280,13 @@ describe("public LLMs", () => {
       const created = await call("/v1/llms", {
         method: "POST",
         token: broker.adminToken,
-        raw: JSON.stringify({ name, model: "upstream-model", url: upstream.baseUrl, apiKey: "sk-secret-upstream", pool })
+        raw: JSON.stringify({
+          name,
+          model: "upstream-model",
+          url: upstream.baseUrl,
+          apiKey: "sk-secret-upstream",
+          pool
+        })
       })
       assert.strictEqual(created.status, 201, JSON.stringify(created.body))
       assert.strictEqual(created.body.kind, "public")
@@ -275,7 +297,11 @@ describe("public LLMs", () => {
       assert.strictEqual(byName.choices[0]!.message.content, "echo: one")
       const byPool = await client.chat.completions.create({ model: pool, messages: [{ role: "user", content: "two" }] })
       assert.strictEqual(byPool.choices[0]!.message.content, "echo: two")
-      const stream = await client.chat.completions.create({ model: pool, messages: [{ role: "user", content: "three" }], stream: true })
+      const stream = await client.chat.completions.create({
+        model: pool,
+        messages: [{ role: "user", content: "three" }],
+        stream: true
+      })
       let text = ""
       for await (const part of stream) text += part.choices[0]?.delta?.content ?? ""
       assert.strictEqual(text, "echo: three")
@@ -287,7 +313,10 @@ describe("public LLMs", () => {
       const queued = await createTask(name)
       assert.strictEqual(queued.status, 400, "a public LLM has no publisher to queue for")
       assert.strictEqual(queued.body.error.type, "NotVirtual")
-      const deleted = await fetch(`${broker.url}/v1/llms/${name}`, { method: "DELETE", headers: { authorization: `Bearer ${broker.adminToken}` } })
+      const deleted = await fetch(`${broker.url}/v1/llms/${name}`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${broker.adminToken}` }
+      })
       assert.strictEqual(deleted.status, 204)
       const gone = await client.chat.completions.create({ model: name, messages: [] }).catch((e: unknown) => e)
       assert.strictEqual((gone as InstanceType<typeof OpenAI.APIError>).status, 404)

@@ -5,10 +5,10 @@
  * shape, and U+0000 is refused while decoding, naming the field, before any
  * statement runs.
  */
+import { Reactivity } from "@effect/experimental"
 import { HttpServer } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Reactivity } from "@effect/experimental"
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Effect, Layer, Redacted, Schedule } from "effect"
 import * as Relay from "../../src/index.js"
@@ -20,14 +20,14 @@ const AppLive = Relay.HttpLive.pipe(
   Layer.provideMerge(Relay.layer.pipe(Layer.provideMerge(Layer.merge(TestDatabase.layer, ConfigTest))))
 )
 
-const baseUrl = Effect.gen(function* () {
+const baseUrl = Effect.gen(function*() {
   const address = (yield* HttpServer.HttpServer).address
   if (address._tag !== "TcpAddress") return yield* Effect.dieMessage("expected a TCP address")
   return `http://127.0.0.1:${address.port}`
 })
 
 const call = (path: string, init: RequestInit & { readonly token?: string } = {}) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const url = yield* baseUrl
     const { token, ...rest } = init
     return yield* Effect.promise(async () => {
@@ -43,10 +43,16 @@ const call = (path: string, init: RequestInit & { readonly token?: string } = {}
     })
   })
 
-const token = (role: Relay.Role) => Effect.flatMap(Relay.Tokens, (tokens) => tokens.create({ role, name: `errors-${role}` }))
+const token = (role: Relay.Role) =>
+  Effect.flatMap(Relay.Tokens, (tokens) => tokens.create({ role, name: `errors-${role}` }))
 
 /** The answer is the wire error `type`, with its snake_case code and a message matching `message`. */
-const assertWireError = (answer: Effect.Effect.Success<ReturnType<typeof call>>, status: number, type: string, message?: RegExp) => {
+const assertWireError = (
+  answer: Effect.Effect.Success<ReturnType<typeof call>>,
+  status: number,
+  type: string,
+  message?: RegExp
+) => {
   assert.strictEqual(answer.status, status, JSON.stringify(answer.body))
   assert.deepStrictEqual(Object.keys(answer.body), ["error"])
   const { error } = answer.body
@@ -67,14 +73,26 @@ interface JsonSchema {
 
 interface OpenApiDocument {
   readonly paths: Readonly<
-    Record<string, Readonly<Record<string, { readonly responses: Readonly<Record<string, { readonly content?: Readonly<Record<string, { readonly schema: JsonSchema }>> }>> }>>>
+    Record<
+      string,
+      Readonly<
+        Record<
+          string,
+          {
+            readonly responses: Readonly<
+              Record<string, { readonly content?: Readonly<Record<string, { readonly schema: JsonSchema }>> }>
+            >
+          }
+        >
+      >
+    >
   >
   readonly components: { readonly schemas: Readonly<Record<string, JsonSchema>> }
 }
 
 layer(AppLive, { timeout: 120_000, excludeTestServices: true })("the wire error shape", (it) => {
   it.effect("the OpenAPI document shows every error response as {error:{type,code,message}}", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const spec: OpenApiDocument = (yield* call("/openapi.json")).body
       const resolve = (schema: JsonSchema): ReadonlyArray<JsonSchema> =>
         schema.$ref !== undefined
@@ -109,7 +127,7 @@ layer(AppLive, { timeout: 120_000, excludeTestServices: true })("the wire error 
     }))
 
   it.effect("U+0000 in a path, a query parameter, a cursor or a body key: 400 BadRequest naming it", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const client = (yield* token("client")).token
       const publisher = (yield* token("publisher")).token
       const admin = (yield* token("admin")).token
@@ -137,12 +155,17 @@ layer(AppLive, { timeout: 120_000, excludeTestServices: true })("the wire error 
         "BadRequest",
         /^providers\[0\]\.description: .*NUL/
       )
-      assertWireError(yield* call("/v1/llms/a%00b", { method: "DELETE", token: admin }), 400, "BadRequest", /^name: .*NUL/)
+      assertWireError(
+        yield* call("/v1/llms/a%00b", { method: "DELETE", token: admin }),
+        400,
+        "BadRequest",
+        /^name: .*NUL/
+      )
       assert.strictEqual((yield* call("/v1/llms", { token: client })).status, 200)
     }))
 
   it.effect("each error leaves with its class's status: 404 for an unknown route, 413 PayloadTooLarge, 403 Forbidden", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const client = (yield* token("client")).token
       assertWireError(yield* call("/v1/nope", { token: client }), 404, "NotFound")
       assertWireError(yield* call("/v1/tasks/nope", { token: client }), 404, "TaskNotFound")
@@ -160,29 +183,33 @@ const onServer = <A>(f: (sql: SqlClient.SqlClient) => Effect.Effect<A, unknown>)
   ).pipe(Effect.provide(Reactivity.layer), Effect.orDie)
 
 describe("readiness", () => {
-  it.live("GET /readyz with the database gone: 503 NotReady in the wire shape, 200 again once it is back", () =>
-    Effect.gen(function* () {
-      assert.deepStrictEqual(yield* call("/readyz"), { status: 200, body: { status: "ready" } })
-      const sql = yield* SqlClient.SqlClient
-      const [{ name }] = yield* sql<{ name: string }>`SELECT current_database() AS name`
-      // no new connections, and the broker's open ones ended: the database is gone for the broker
-      yield* Effect.acquireRelease(
-        onServer((admin) =>
-          Effect.zipRight(
-            admin`ALTER DATABASE ${admin(name)} WITH ALLOW_CONNECTIONS false`,
-            admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ${name}`
-          )
-        ),
-        () => onServer((admin) => admin`ALTER DATABASE ${admin(name)} WITH ALLOW_CONNECTIONS true`)
-      )
-      assertWireError(yield* call("/readyz"), 503, "NotReady", /database/)
-      assertWireError(yield* call("/readyz"), 503, "NotReady", /database/)
-      yield* onServer((admin) => admin`ALTER DATABASE ${admin(name)} WITH ALLOW_CONNECTIONS true`)
-      const back = yield* call("/readyz").pipe(
-        Effect.filterOrFail((answer) => answer.status === 200),
-        Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 }),
-        Effect.orElse(() => call("/readyz"))
-      )
-      assert.deepStrictEqual(back, { status: 200, body: { status: "ready" } })
-    }).pipe(Effect.scoped, Effect.provide(AppLive)), 120_000)
+  it.live(
+    "GET /readyz with the database gone: 503 NotReady in the wire shape, 200 again once it is back",
+    () =>
+      Effect.gen(function*() {
+        assert.deepStrictEqual(yield* call("/readyz"), { status: 200, body: { status: "ready" } })
+        const sql = yield* SqlClient.SqlClient
+        const [{ name }] = yield* sql<{ name: string }>`SELECT current_database() AS name`
+        // no new connections, and the broker's open ones ended: the database is gone for the broker
+        yield* Effect.acquireRelease(
+          onServer((admin) =>
+            Effect.zipRight(
+              admin`ALTER DATABASE ${admin(name)} WITH ALLOW_CONNECTIONS false`,
+              admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ${name}`
+            )
+          ),
+          () => onServer((admin) => admin`ALTER DATABASE ${admin(name)} WITH ALLOW_CONNECTIONS true`)
+        )
+        assertWireError(yield* call("/readyz"), 503, "NotReady", /database/)
+        assertWireError(yield* call("/readyz"), 503, "NotReady", /database/)
+        yield* onServer((admin) => admin`ALTER DATABASE ${admin(name)} WITH ALLOW_CONNECTIONS true`)
+        const back = yield* call("/readyz").pipe(
+          Effect.filterOrFail((answer) => answer.status === 200),
+          Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 }),
+          Effect.orElse(() => call("/readyz"))
+        )
+        assert.deepStrictEqual(back, { status: 200, body: { status: "ready" } })
+      }).pipe(Effect.scoped, Effect.provide(AppLive)),
+    120_000
+  )
 })

@@ -4,6 +4,7 @@
  * OpenAI-compatible server, and the official `openai` SDK as the client.
  */
 import { Effect } from "effect"
+import { Exit, Scope } from "effect"
 import OpenAI from "openai"
 import { afterAll, afterEach, assert, beforeAll, describe, it } from "vitest"
 import { freePort } from "../../src/db/Embedded.js"
@@ -11,7 +12,6 @@ import { startBroker, type TestBroker } from "../support/broker.js"
 import { startFakeUpstream } from "../support/fakeUpstream.js"
 import { type Spawned, spawnRelay } from "../support/process.js"
 import { createDatabase } from "../support/TestDatabase.js"
-import { Exit, Scope } from "effect"
 
 let broker: TestBroker
 let client: OpenAI
@@ -58,7 +58,9 @@ const sessionOf = (p: Spawned) => p.output.match(/as session (\S+)/)![1]!
 
 const llms = async (url = broker.url, token = publisherToken) => {
   const response = await fetch(`${url}/v1/llms`, { headers: { authorization: `Bearer ${token}` } })
-  return ((await response.json()) as { data: Array<{ name: string; status: string; providerSessionId: string | null }> }).data
+  return ((await response.json()) as {
+    data: Array<{ name: string; status: string; providerSessionId: string | null }>
+  }).data
 }
 
 const ask = (model: string, content: string, c = client) =>
@@ -213,7 +215,9 @@ describe("llm-relay publish", () => {
     leave.abort()
     assert.instanceOf(await answer, OpenAI.APIUserAbortError)
     const newest = async () => {
-      const response = await fetch(`${broker.url}/v1/tasks?limit=1`, { headers: { authorization: `Bearer ${clientToken}` } })
+      const response = await fetch(`${broker.url}/v1/tasks?limit=1`, {
+        headers: { authorization: `Bearer ${clientToken}` }
+      })
       return ((await response.json()) as { data: Array<{ status: string }> }).data[0]?.status
     }
     await waitUntil(async () => (await newest()) === "cancelled", "the abandoned task to be cancelled")
@@ -241,7 +245,10 @@ describe("llm-relay publish", () => {
       ["name=x,upstream=http://127.0.0.1:1/v1,model=m,colour=blue", /unknown key 'colour'/],
       ["name=x,upstream=http://127.0.0.1:1/v1", /missing 'model'/],
       ["name=x,upstream=not-a-url,model=m", /upstream.*http\(s\) URL/],
-      ["name=x,upstream=http://127.0.0.1:1/v1,model=m,maxConcurrent=0", /maxConcurrent must be an integer from 1 to 1024/],
+      [
+        "name=x,upstream=http://127.0.0.1:1/v1,model=m,maxConcurrent=0",
+        /maxConcurrent must be an integer from 1 to 1024/
+      ],
       ["name=x,upstream=http://127.0.0.1:1/v1,model=m,maxConcurrent=lots", /maxConcurrent must be an integer/],
       ["justtext", /'justtext' is not key=value/]
     ]
@@ -261,8 +268,15 @@ describe("llm-relay publish", () => {
     const fake = await upstream()
     const name = unique("taken")
     await publish([`name=${name},upstream=${fake.baseUrl},model=m`])
-    const second = spawnRelay(["publish", "--server", broker.url, "--token", publisherToken, "--provider",
-      `name=${name},upstream=${fake.baseUrl},model=m`])
+    const second = spawnRelay([
+      "publish",
+      "--server",
+      broker.url,
+      "--token",
+      publisherToken,
+      "--provider",
+      `name=${name},upstream=${fake.baseUrl},model=m`
+    ])
     assert.strictEqual(await second.exited, 1)
     assert.match(second.output, /name conflict/)
   })
@@ -299,8 +313,15 @@ describe("llm-relay publish against a restarted broker", () => {
     const fake = await upstream()
     const name = unique("phoenix")
     const pubToken = await token("publisher")
-    const p = spawnRelay(["publish", "--server", url, "--token", pubToken, "--provider",
-      `name=${name},upstream=${fake.baseUrl},model=m`])
+    const p = spawnRelay([
+      "publish",
+      "--server",
+      url,
+      "--token",
+      pubToken,
+      "--provider",
+      `name=${name},upstream=${fake.baseUrl},model=m`
+    ])
     cleanups.push(() => kill(p))
     await p.waitFor(/connected to .* as session (\S+)/)
     const session = sessionOf(p)

@@ -11,8 +11,19 @@ import { wholeAsChunk } from "../../src/publisher/Upstream.js"
 
 describe("sseEvents", () => {
   it.effect("joins data lines, defaults the event name, skips comments and unknown fields", () =>
-    Effect.gen(function* () {
-      const lines = [": keepalive", "event: task", "data: {\"a\":1}", "", "id: 7", "data: one", "data: two", "", "", "retry: 5"]
+    Effect.gen(function*() {
+      const lines = [
+        ": keepalive",
+        "event: task",
+        "data: {\"a\":1}",
+        "",
+        "id: 7",
+        "data: one",
+        "data: two",
+        "",
+        "",
+        "retry: 5"
+      ]
       const events = yield* Stream.runCollect(sseEvents(Stream.fromIterable(lines)))
       assert.deepStrictEqual(Chunk.toArray(events), [
         { event: "task", data: "{\"a\":1}" },
@@ -23,7 +34,10 @@ describe("sseEvents", () => {
 
 describe("errorMessageOf", () => {
   it("reads the protocol's and OpenAI's error object and a bare error string", () => {
-    assert.strictEqual(errorMessageOf({ error: { type: "TaskNotHeld", code: "task_not_held", message: "gone" } }, "x"), "gone")
+    assert.strictEqual(
+      errorMessageOf({ error: { type: "TaskNotHeld", code: "task_not_held", message: "gone" } }, "x"),
+      "gone"
+    )
     assert.strictEqual(errorMessageOf({ error: "model not loaded" }, "x"), "model not loaded")
     assert.strictEqual(errorMessageOf({ error: { message: 42 } }, "x"), "42")
   })

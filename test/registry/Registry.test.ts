@@ -5,13 +5,14 @@ import { Registry } from "../../src/registry/Registry.js"
 import { RegistryTest } from "../support/layers.js"
 import { insertPublic, provider } from "../support/registry.js"
 
-const countLlms = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.llms`.pipe(Effect.map((r) => r[0]!.n))
+const countLlms = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) => sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.llms`.pipe(Effect.map((r) => r[0]!.n))
 )
 
 describe("registering a publisher session", () => {
   it.effect("inserts new virtual rows, active, owned by the new session", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       const result = yield* registry.register("principal-a", { providers: [provider("vllm-local")] })
       assert.match(result.sessionId, /^[0-9a-f-]{36}$/)
@@ -29,7 +30,7 @@ describe("registering a publisher session", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("reuses the same row on sticky reconnect (same name and sessionId)", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       const first = yield* registry.register("p", { sessionId: "fixed-id-1", providers: [provider("vllm-local")] })
       const second = yield* registry.register("p", {
@@ -44,11 +45,14 @@ describe("registering a publisher session", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("refuses to publish over a public LLM, and writes nothing", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* insertPublic("qwen3-thinking")
       const failure = yield* Effect.flip(
-        registry.register("p", { sessionId: "sess-xxxx", providers: [provider("fresh-one"), provider("qwen3-thinking")] })
+        registry.register("p", {
+          sessionId: "sess-xxxx",
+          providers: [provider("fresh-one"), provider("qwen3-thinking")]
+        })
       )
       assert.strictEqual(failure._tag, "NameConflict")
       assert.match(failure.message, /public/)
@@ -58,7 +62,7 @@ describe("registering a publisher session", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("refuses a name another session holds active, and writes nothing", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("p", { sessionId: "other-session", providers: [provider("vllm-local")] })
       const failure = yield* Effect.flip(
@@ -72,7 +76,7 @@ describe("registering a publisher session", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("adopts an inactive virtual row of another session, keeping its id", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       const old = yield* registry.register("p", { sessionId: "old-session", providers: [provider("vllm-local")] })
       yield* registry.unbindSession("old-session")
@@ -85,7 +89,7 @@ describe("registering a publisher session", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("answers Forbidden for a known sessionId of another principal", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("alice", { sessionId: "alice-session", providers: [provider("a")] })
       const failure = yield* Effect.flip(
@@ -96,7 +100,7 @@ describe("registering a publisher session", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("makes rows the session no longer lists inactive, for good: its stream and heartbeat do not revive them", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* TestClock.setTime(1_000)
       yield* registry.register("p", { sessionId: "sess-0001", providers: [provider("a"), provider("b")] })
@@ -126,14 +130,18 @@ describe("registering a publisher session", () => {
       ["maxConcurrent 0", { providers: [provider("ok", { maxConcurrent: 0 })] }, /maxConcurrent/],
       ["maxConcurrent 1025", { providers: [provider("ok", { maxConcurrent: 1025 })] }, /maxConcurrent/],
       ["a short sessionId", { sessionId: "short", providers: [provider("ok")] }, /sessionId/],
-      ["a sessionId with bad characters", { sessionId: "bad id with spaces", providers: [provider("ok")] }, /sessionId/],
+      [
+        "a sessionId with bad characters",
+        { sessionId: "bad id with spaces", providers: [provider("ok")] },
+        /sessionId/
+      ],
       ["65 providers", { providers: Array.from({ length: 65 }, (_, i) => provider(`p${i}`)) }, /providers/],
       ["a name listed twice", { providers: [provider("dup"), provider("dup")] }, /dup/],
       ["a body that is not an object", "nope", /object|Expected/]
     ]
     for (const [label, input, field] of cases) {
       it.effect(label, () =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           const registry = yield* Registry
           const failure = yield* Effect.flip(registry.register("p", input))
           assert.strictEqual(failure._tag, "BadRequest")
@@ -146,7 +154,7 @@ describe("registering a publisher session", () => {
 
 describe("a session's heartbeat and binding", () => {
   it.effect("a heartbeat records when it came and revives an inactive row", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* TestClock.setTime(10_000)
       yield* registry.register("p", { sessionId: "sess-heart", providers: [provider("vllm-local")] })
@@ -160,14 +168,14 @@ describe("a session's heartbeat and binding", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("a heartbeat of an unknown session is SessionNotFound", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       const failure = yield* Effect.flip(registry.heartbeat("no-such-session"))
       assert.strictEqual(failure._tag, "SessionNotFound")
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("unbinding a session makes only its own rows inactive", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("p", { sessionId: "sess-mine", providers: [provider("a"), provider("b")] })
       yield* registry.register("p", { sessionId: "sess-other", providers: [provider("c")] })
@@ -180,7 +188,7 @@ describe("a session's heartbeat and binding", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("binding a session brings its rows back online", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("p", { sessionId: "sess-bind", providers: [provider("a")] })
       yield* registry.unbindSession("sess-bind")
@@ -191,7 +199,7 @@ describe("a session's heartbeat and binding", () => {
 
 describe("the registry's sweep of silent and long-inactive rows", () => {
   it.effect("flips heartbeat-stale active rows to inactive and leaves fresh ones", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("p", { sessionId: "sess-stale", providers: [provider("stale")] })
       yield* TestClock.adjust("60 seconds")
@@ -205,7 +213,7 @@ describe("the registry's sweep of silent and long-inactive rows", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("deletes virtual rows inactive past the 4 h retention, keeps recent and public ones", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* insertPublic("public-survivor")
       yield* registry.register("p", { sessionId: "sess-old1", providers: [provider("old")] })
@@ -222,7 +230,7 @@ describe("the registry's sweep of silent and long-inactive rows", () => {
     }).pipe(Effect.provide(RegistryTest)))
 
   it.effect("is idempotent: a second sweep right after does nothing", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("p", { sessionId: "sess-stale", providers: [provider("stale")] })
       yield* TestClock.adjust("5 minutes")

@@ -22,7 +22,7 @@ const Scheduled = Sweeper.layer.pipe(Layer.provideMerge(Base))
 
 /** Real time passes (the sweep and the actor do real SQL) until `check` holds, or fails after ~3 s. */
 const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string, attempts = 150) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     for (let i = 0; i < attempts; i++) {
       if (yield* check) return
       yield* TestServices.provideLive(Effect.sleep("20 millis"))
@@ -48,7 +48,7 @@ const settle = TestServices.provideLive(Effect.sleep("300 millis"))
 
 /** Opens a session's stream in `scope` and collects its frames into a queue. */
 const openStream = (sessionId: string, scope: Scope.Scope) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const sessions = yield* Sessions
     const frames = yield* Queue.unbounded<Frame>()
     const stream = yield* Scope.extend(sessions.open(sessionId), scope)
@@ -77,7 +77,7 @@ const taskFrames = (frames: Queue.Queue<Frame>) =>
 
 describe("SessionActor", () => {
   it.scoped("heartbeat silence for 90 s unbinds a session whose stream is still open; a heartbeat keeps it", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       const sweeper = yield* Sweeper
       const sessions = yield* Sessions
@@ -104,7 +104,7 @@ describe("SessionActor", () => {
     }).pipe(Effect.provide(Manual)))
 
   it.scoped("claims no more than a row's maxConcurrent, and claims again when one finishes", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       const queue = yield* TaskQueue
       yield* registry.register("pub", { sessionId: "sess-cap", providers: [provider("cap", { maxConcurrent: 2 })] })
@@ -126,12 +126,15 @@ describe("SessionActor", () => {
     }).pipe(Effect.provide(Manual)))
 
   it.scoped("two rows of one session in one pool each take a task at once, and one more when one finishes", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       const queue = yield* TaskQueue
       yield* registry.register("pub", {
         sessionId: "sess-twins",
-        providers: [provider("twin-a", { maxConcurrent: 1, pool: "twins" }), provider("twin-b", { maxConcurrent: 1, pool: "twins" })]
+        providers: [
+          provider("twin-a", { maxConcurrent: 1, pool: "twins" }),
+          provider("twin-b", { maxConcurrent: 1, pool: "twins" })
+        ]
       })
       // Queued before the stream opens: one claim statement serves both rows,
       // and both pick the oldest task; one row gets it, and the actor must look
@@ -150,11 +153,14 @@ describe("SessionActor", () => {
       yield* queue.complete("sess-twins", done.taskId, { status: 200, body: { ok: true } }, done.attempt)
       yield* eventually(Effect.map(Queue.size(frames), (n) => n >= 1), "the third task frame")
       const next = yield* taskFrames(frames)
-      assert.deepStrictEqual(next.map((f) => (f._tag === "task" ? [f.taskId, f.llmName] : [])), [[tasks[2]!.id, done.llmName]])
+      assert.deepStrictEqual(next.map((f) => (f._tag === "task" ? [f.taskId, f.llmName] : [])), [[
+        tasks[2]!.id,
+        done.llmName
+      ]])
     }).pipe(Effect.provide(Manual)))
 
   it.scoped("a task frame carries the attempt, the row's name and model, and the request body unchanged", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("pub", {
         sessionId: "sess-frame",
@@ -178,7 +184,7 @@ describe("SessionActor", () => {
     }).pipe(Effect.provide(Manual)))
 
   it.scoped("cancelling a held task sends the holder a cancel frame", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       const queue = yield* TaskQueue
       yield* registry.register("pub", { sessionId: "sess-cancel", providers: [provider("cancelme")] })
@@ -193,7 +199,7 @@ describe("SessionActor", () => {
     }).pipe(Effect.provide(Manual)))
 
   it.scoped("a second stream replaces the first without unbinding; closing the current one unbinds", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("pub", { sessionId: "sess-twice", providers: [provider("twice")] })
       const firstScope = yield* Scope.make()
@@ -214,7 +220,7 @@ describe("SessionActor", () => {
 
 describe("the scheduled sweep", () => {
   it.scoped("flips a silent row past 90 s and not before, and deletes it past 4 h inactive", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("pub", { sessionId: "sess-sched", providers: [provider("sched")] })
       yield* TestClock.adjust("60 seconds")
@@ -225,7 +231,12 @@ describe("the scheduled sweep", () => {
       assert.strictEqual(yield* status("sched"), "active")
       // the next pass, at 104 s: 104 s of silence, 44 s for the fresh row
       // (at most to 134 s: the fresh row goes stale at 150 s)
-      yield* eventuallyAdvancing("1 seconds", Effect.map(status("sched"), (s) => s === "inactive"), "the row to go inactive", 45)
+      yield* eventuallyAdvancing(
+        "1 seconds",
+        Effect.map(status("sched"), (s) => s === "inactive"),
+        "the row to go inactive",
+        45
+      )
       assert.strictEqual(yield* status("fresh"), "active")
       yield* TestClock.adjust("3 hours")
       yield* settle
@@ -233,11 +244,15 @@ describe("the scheduled sweep", () => {
       // TestClock wakes the fiber at its scheduled moment (15 s after the
       // last pass): move past 4 h, then on to the pass after that.
       yield* TestClock.adjust("1 hour")
-      yield* eventuallyAdvancing("5 seconds", Effect.map(registry.findByName("sched"), Option.isNone), "the row to be deleted")
+      yield* eventuallyAdvancing(
+        "5 seconds",
+        Effect.map(registry.findByName("sched"), Option.isNone),
+        "the row to be deleted"
+      )
     }).pipe(Effect.provide(Scheduled)))
 
   it.scoped("reverts a claim nobody acknowledged within 30 s, on schedule", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       const queue = yield* TaskQueue
       yield* registry.register("pub", { sessionId: "sess-noack", providers: [provider("noack", { maxConcurrent: 1 })] })

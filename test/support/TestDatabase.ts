@@ -3,9 +3,9 @@
  * (globalSetup). Dropped when the layer's scope closes. Tests never see what
  * another file or an earlier run left behind.
  */
+import { Reactivity } from "@effect/experimental"
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Reactivity } from "@effect/experimental"
 import { Effect, Layer, Redacted } from "effect"
 import * as Crypto from "node:crypto"
 import { inject } from "vitest"
@@ -23,14 +23,14 @@ const withDatabase = (url: string, database: string): string => {
 /** Run statements on the server's maintenance database (CREATE/DROP DATABASE). */
 const onAdmin = <A>(f: (sql: SqlClient.SqlClient) => Effect.Effect<A, unknown>) =>
   Effect.scoped(
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const client = yield* PgClient.make({ url: Redacted.make(serverUrl()), maxConnections: 1 })
       return yield* f(client)
     })
   ).pipe(Effect.provide(Reactivity.layer), Effect.orDie)
 
 /** Create an empty database; dropped (with its connections) when the scope closes. */
-export const createDatabase = Effect.gen(function* () {
+export const createDatabase = Effect.gen(function*() {
   const name = `relay_test_${Crypto.randomBytes(6).toString("hex")}`
   yield* Effect.acquireRelease(
     onAdmin((sql) => sql.unsafe(`CREATE DATABASE ${name}`)),

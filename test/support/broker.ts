@@ -4,11 +4,11 @@
  */
 import { HttpServer } from "@effect/platform"
 import { ConfigProvider, Context, Effect, Exit, Layer, ManagedRuntime, Scope } from "effect"
-import OpenAI from "openai"
 import * as Crypto from "node:crypto"
+import OpenAI from "openai"
+import { appLayer } from "../../src/cli/serve.js"
 import { InstanceId, RelayConfig, type RelayConfigShape } from "../../src/config.js"
 import type { Role } from "../../src/domain/Token.js"
-import { appLayer } from "../../src/cli/serve.js"
 import { Tokens } from "../../src/tokens/Tokens.js"
 import * as TestDatabase from "./TestDatabase.js"
 
@@ -26,7 +26,9 @@ export const startBroker = async (overrides: Partial<RelayConfigShape> = {}): Pr
   const adminToken = `admin-${Crypto.randomBytes(24).toString("hex")}`
   const layer = appLayer({ host: "127.0.0.1", port: 0 }).pipe(
     Layer.provideMerge(TestDatabase.layer),
-    Layer.provide(Layer.merge(RelayConfig.layerWith(overrides), Layer.succeed(InstanceId, `instance-${Crypto.randomUUID()}`))),
+    Layer.provide(
+      Layer.merge(RelayConfig.layerWith(overrides), Layer.succeed(InstanceId, `instance-${Crypto.randomUUID()}`))
+    ),
     Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["RELAY_ADMIN_TOKEN", adminToken]]))))
   )
   const runtime = ManagedRuntime.make(layer)

@@ -89,7 +89,11 @@ export const startFakeUpstream = async (initial: Partial<FakeSettings> = {}): Pr
       const model = String(body.model)
       const content = lastMessage(body)
       if (settings.failStatus !== undefined) {
-        answer(settings.failStatus, "application/json", JSON.stringify({ error: { message: `upstream says no (${settings.failStatus})`, type: "fake_error" } }))
+        answer(
+          settings.failStatus,
+          "application/json",
+          JSON.stringify({ error: { message: `upstream says no (${settings.failStatus})`, type: "fake_error" } })
+        )
         return
       }
       if (settings.plainText !== undefined) {
@@ -100,52 +104,66 @@ export const startFakeUpstream = async (initial: Partial<FakeSettings> = {}): Pr
         // one 2-dimensional vector per input: [length of the input, 0.5]
         const inputs = Array.isArray(body.input) ? body.input : [body.input]
         const vectors = inputs.map((input) => [String(input).length, 0.5])
-        answer(200, "application/json", JSON.stringify({
-          object: "list",
-          model,
-          data: vectors.map((vector, index) => ({
-            object: "embedding",
-            index,
-            embedding: body.encoding_format === "base64"
-              ? Buffer.from(new Float32Array(vector).buffer).toString("base64")
-              : vector
-          })),
-          usage: { prompt_tokens: 1, total_tokens: 1 }
-        }))
+        answer(
+          200,
+          "application/json",
+          JSON.stringify({
+            object: "list",
+            model,
+            data: vectors.map((vector, index) => ({
+              object: "embedding",
+              index,
+              embedding: body.encoding_format === "base64"
+                ? Buffer.from(new Float32Array(vector).buffer).toString("base64")
+                : vector
+            })),
+            usage: { prompt_tokens: 1, total_tokens: 1 }
+          })
+        )
         return
       }
       if (record.path.endsWith("/v1/completions")) {
-        answer(200, "application/json", JSON.stringify({
-          id: "cmpl-fake",
-          object: "text_completion",
-          created: 1700000000,
-          model,
-          choices: [{ index: 0, text: `echo: ${content}`, finish_reason: "stop", logprobs: null }],
-          usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }
-        }))
+        answer(
+          200,
+          "application/json",
+          JSON.stringify({
+            id: "cmpl-fake",
+            object: "text_completion",
+            created: 1700000000,
+            model,
+            choices: [{ index: 0, text: `echo: ${content}`, finish_reason: "stop", logprobs: null }],
+            usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }
+          })
+        )
         return
       }
       if (body.stream !== true || settings.neverStream === true) {
-        answer(200, "application/json", JSON.stringify({
-          id: "chatcmpl-fake",
-          object: "chat.completion",
-          created: 1700000000,
-          model,
-          choices: [{ index: 0, message: { role: "assistant", content: `echo: ${content}` }, finish_reason: "stop" }],
-          usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }
-        }))
+        answer(
+          200,
+          "application/json",
+          JSON.stringify({
+            id: "chatcmpl-fake",
+            object: "chat.completion",
+            created: 1700000000,
+            model,
+            choices: [{ index: 0, message: { role: "assistant", content: `echo: ${content}` }, finish_reason: "stop" }],
+            usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }
+          })
+        )
         return
       }
       res.writeHead(200, { "content-type": "text/event-stream" })
       for (const piece of pieces(content, settings.chunks)) {
         if (!open) return
-        res.write(`data: ${JSON.stringify({
-          id: "chatcmpl-fake",
-          object: "chat.completion.chunk",
-          created: 1700000000,
-          model,
-          choices: [{ index: 0, delta: { content: piece }, finish_reason: null }]
-        })}\n\n`)
+        res.write(`data: ${
+          JSON.stringify({
+            id: "chatcmpl-fake",
+            object: "chat.completion.chunk",
+            created: 1700000000,
+            model,
+            choices: [{ index: 0, delta: { content: piece }, finish_reason: null }]
+          })
+        }\n\n`)
         if (settings.chunkDelayMs > 0) await sleep(settings.chunkDelayMs)
       }
       if (!open) return

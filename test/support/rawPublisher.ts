@@ -97,7 +97,9 @@ export class RawPublisher {
     if (!response.ok || response.body === null) throw new Error(`stream: ${response.status} ${await response.text()}`)
     this.events = parseSse(response.body)
     const first = await this.events.next()
-    if (first.done || first.value.event !== "ready") throw new Error(`expected ready, got ${JSON.stringify(first.value)}`)
+    if (first.done || first.value.event !== "ready") {
+      throw new Error(`expected ready, got ${JSON.stringify(first.value)}`)
+    }
     void this.pump(this.events)
   }
 
@@ -128,7 +130,9 @@ export class RawPublisher {
     while (true) {
       const value = condition()
       if (value !== undefined && value !== false) return value
-      if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms; frames: ${JSON.stringify(this.frames)}`)
+      if (Date.now() > deadline) {
+        throw new Error(`${what}: not within ${timeoutMs} ms; frames: ${JSON.stringify(this.frames)}`)
+      }
       await new Promise<void>((resolve) => {
         this.waiters.push(resolve)
         setTimeout(resolve, 100)
@@ -151,7 +155,9 @@ export class RawPublisher {
   }
 
   cancels(): Array<{ taskId: string; reason: string }> {
-    return this.frames.filter((f) => f.event === "cancel").map((f) => JSON.parse(f.data) as { taskId: string; reason: string })
+    return this.frames.filter((f) => f.event === "cancel").map((f) =>
+      JSON.parse(f.data) as { taskId: string; reason: string }
+    )
   }
 
   async waitClosed(timeoutMs = 10_000): Promise<void> {
@@ -174,7 +180,7 @@ export class RawPublisher {
 export const autoServe = (
   publisher: RawPublisher,
   respond: (task: TaskFrameData) => Promise<unknown>
-): (() => void) => {
+): () => void => {
   let stopped = false
   let seen = 0
   void (async () => {

@@ -10,7 +10,9 @@ export const provider = (
 
 /** Inserts a public LLM row directly (the admin route belongs to the HTTP API). */
 export const insertPublic = (name: string) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql`INSERT INTO llm_relay.llms (id, name, kind, model, url, pool, status, created_at, updated_at)
-      VALUES (${`pub-${name}`}, ${name}, 'public', 'm', 'http://upstream/v1', ${name}, 'active', ${new Date(0)}, ${new Date(0)})`
-      .pipe(Effect.orDie))
+  Effect.flatMap(SqlClient.SqlClient, (sql) => {
+    const epoch = new Date(0)
+    return sql`INSERT INTO llm_relay.llms (id, name, kind, model, url, pool, status, created_at, updated_at)
+      VALUES (${`pub-${name}`}, ${name}, 'public', 'm', 'http://upstream/v1', ${name}, 'active', ${epoch}, ${epoch})`
+      .pipe(Effect.orDie)
+  })

@@ -20,7 +20,7 @@ export const serve = (
   sessionId: string,
   rows: ReadonlyArray<{ readonly name: string; readonly pool?: string; readonly maxConcurrent?: number }>
 ) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const registry = yield* Registry
     yield* registry.register("publisher-principal", {
       sessionId,
@@ -31,7 +31,12 @@ export const serve = (
 
 export const enqueue = (
   model: string,
-  extra: { readonly priority?: number; readonly streaming?: boolean; readonly agentId?: string | null; readonly body?: unknown } = {}
+  extra: {
+    readonly priority?: number
+    readonly streaming?: boolean
+    readonly agentId?: string | null
+    readonly body?: unknown
+  } = {}
 ) =>
   Effect.flatMap(TaskQueue, (queue) =>
     queue.enqueue({
@@ -57,8 +62,14 @@ export const row = (id: string) =>
     }>`SELECT status, attempts, claimed_by, error_type, error_message, chunk_count FROM llm_relay.inference_tasks WHERE id = ${id}`
       .pipe(Effect.map((rows) => rows[0]), Effect.orDie))
 
-export const countTasks = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_tasks`.pipe(Effect.map((r) => r[0]!.n), Effect.orDie))
+export const countTasks = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) =>
+    sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_tasks`.pipe(
+      Effect.map((r) => r[0]!.n),
+      Effect.orDie
+    )
+)
 
 /** What a session's claim takes right now: its task frames. */
 export const claim = (sessionId: string) => Effect.flatMap(TaskQueue, (q) => q.claimFor(sessionId))
@@ -77,7 +88,11 @@ export const drain = <A>(queue: Queue.Dequeue<A>) => Effect.map(Queue.takeAll(qu
  * Real time, with a deadline, for waiting on fibers that talk to PostgreSQL
  * (the tests' clock is a TestClock, which cannot move other connections on).
  */
-export const live = <A, E, R>(effect: Effect.Effect<A, E, R>, label: string, timeout: Duration.DurationInput = "5 seconds") =>
+export const live = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  label: string,
+  timeout: Duration.DurationInput = "5 seconds"
+) =>
   TestServices.provideLive(
     effect.pipe(Effect.timeoutFail({ duration: timeout, onTimeout: () => new Error(`timed out: ${label}`) }))
   ).pipe(Effect.orDie)

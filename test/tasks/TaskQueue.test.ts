@@ -14,7 +14,7 @@ import { claim, countTasks, drain, enqueue, QueueTest, row, serve } from "../sup
 
 describe("the task row", () => {
   it.effect("a fresh task is pending, with claim and completion fields null and streaming false", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* serve("session-a", [{ name: "qwen-prod-1", pool: "qwen-pool" }])
       const task = yield* enqueue("qwen-pool")
       assert.strictEqual(task.status, "pending")
@@ -30,7 +30,7 @@ describe("the task row", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("a streaming task's flag and structured request and response bodies come back exactly as stored", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-a", [{ name: "qwen-prod-1" }])
       const requestBody = {
@@ -53,7 +53,7 @@ describe("the task row", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("drains a pool oldest first (priority before age); other pools and finished tasks stay out", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-a", [{ name: "a-1", pool: "pool-a", maxConcurrent: 10 }])
       yield* serve("session-b", [{ name: "b-1", pool: "pool-b" }])
@@ -70,7 +70,7 @@ describe("the task row", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("the pending tasks a bind would drain are listed in claim order, and listing them takes nothing", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-a", [{ name: "a-1", pool: "pool-a" }, { name: "a-2", pool: "pool-a" }])
       yield* serve("session-b", [{ name: "b-1", pool: "pool-b" }])
@@ -88,12 +88,15 @@ describe("the task row", () => {
       assert.deepStrictEqual(drained.map((t) => t.id), [urgent.id, t1.id, t2.id, t3.id])
       assert.deepStrictEqual(drained.map((t) => t.pool), ["pool-b", "pool-a", "pool-a", "pool-b"])
       assert.isTrue(drained.every((t) => t.status === "pending"))
-      assert.deepStrictEqual((yield* queue.findPendingForPools(["pool-a", "pool-b"], 2)).map((t) => t.id), [urgent.id, t1.id])
+      assert.deepStrictEqual((yield* queue.findPendingForPools(["pool-a", "pool-b"], 2)).map((t) => t.id), [
+        urgent.id,
+        t1.id
+      ])
       assert.strictEqual((yield* row(t1.id))!.status, "pending", "reading takes nothing")
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("a session's disconnect reverts only its own claimed and running tasks, never finished ones", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-A", [{ name: "la", pool: "p", maxConcurrent: 3 }])
       yield* serve("session-B", [{ name: "lb", pool: "q" }])
@@ -115,7 +118,7 @@ describe("the task row", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("retention deletes terminal tasks finished over 7 d ago (with their chunks), keeps recent and live ones", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       yield* serve("session-a", [{ name: "l", maxConcurrent: 10 }])
@@ -142,7 +145,7 @@ describe("the task row", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("direct chat tasks have no agent id; agent tasks keep theirs", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* serve("session-a", [{ name: "l" }])
       assert.isNull((yield* enqueue("l")).agentId)
       assert.isNull((yield* enqueue("l", { agentId: null })).agentId)
@@ -152,7 +155,7 @@ describe("the task row", () => {
 
 describe("enqueueing a task", () => {
   it.effect("an unknown model is ModelNotFound; a public LLM is NotVirtual; nothing is written", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* insertPublic("gpt-public")
       const unknown = yield* Effect.flip(enqueue("no-such-model"))
       assert.strictEqual(unknown._tag, "ModelNotFound")
@@ -162,7 +165,7 @@ describe("enqueueing a task", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("a name whose row has another pool is pinned to that row; the pool name reaches any member", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* serve("session-1", [{ name: "m-1", pool: "mix" }])
       yield* serve("session-2", [{ name: "m-2", pool: "mix" }])
       const pinned = yield* enqueue("m-2")
@@ -176,21 +179,27 @@ describe("enqueueing a task", () => {
 
 describe("publisher transitions: a lost compare-and-set is a typed error", () => {
   it.effect("posts by a session that does not hold the task are TaskNotHeld", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("holder-session", [{ name: "l", pool: "p" }])
       yield* serve("intruder-session", [{ name: "k", pool: "other" }])
       const task = yield* enqueue("p")
       yield* claim("holder-session")
-      for (const attempt of [queue.ack("intruder-session", task.id, 1), queue.appendChunks("intruder-session", task.id, ["x"], 1),
-        queue.complete("intruder-session", task.id, { status: 200 }, 1), queue.fail("intruder-session", task.id, { message: "m", status: 500 }, 1)]) {
+      for (
+        const attempt of [
+          queue.ack("intruder-session", task.id, 1),
+          queue.appendChunks("intruder-session", task.id, ["x"], 1),
+          queue.complete("intruder-session", task.id, { status: 200 }, 1),
+          queue.fail("intruder-session", task.id, { message: "m", status: 500 }, 1)
+        ]
+      ) {
         assert.strictEqual((yield* Effect.flip(attempt))._tag, "TaskNotHeld")
       }
       assert.strictEqual((yield* row(task.id))!.status, "claimed")
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("a stale attempt is TaskNotHeld even from the same session after a re-dispatch", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l")
@@ -206,21 +215,30 @@ describe("publisher transitions: a lost compare-and-set is a typed error", () =>
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("after cancel every post is TaskCancelled; after another ending TaskAlreadyTerminal; unknown ids TaskNotFound", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const [cancelled, failed] = [yield* enqueue("l"), yield* enqueue("l")]
       yield* claim("session-s")
       yield* queue.cancel(cancelled.id, "client went away")
-      assert.strictEqual((yield* Effect.flip(queue.appendChunks("session-s", cancelled.id, ["x"], 1)))._tag, "TaskCancelled")
-      assert.strictEqual((yield* Effect.flip(queue.complete("session-s", cancelled.id, { status: 200 }, 1)))._tag, "TaskCancelled")
+      assert.strictEqual(
+        (yield* Effect.flip(queue.appendChunks("session-s", cancelled.id, ["x"], 1)))._tag,
+        "TaskCancelled"
+      )
+      assert.strictEqual(
+        (yield* Effect.flip(queue.complete("session-s", cancelled.id, { status: 200 }, 1)))._tag,
+        "TaskCancelled"
+      )
       yield* queue.fail("session-s", failed.id, { message: "upstream down", status: 503 }, 1)
-      assert.strictEqual((yield* Effect.flip(queue.complete("session-s", failed.id, { status: 200 }, 1)))._tag, "TaskAlreadyTerminal")
+      assert.strictEqual(
+        (yield* Effect.flip(queue.complete("session-s", failed.id, { status: 200 }, 1)))._tag,
+        "TaskAlreadyTerminal"
+      )
       assert.strictEqual((yield* Effect.flip(queue.ack("session-s", "no-such-task", 1)))._tag, "TaskNotFound")
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("a repeated complete by the holder is a no-op success that changes nothing", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l")
@@ -234,7 +252,7 @@ describe("publisher transitions: a lost compare-and-set is a typed error", () =>
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("cancel of a finished task returns it unchanged; cancel of an unknown id is TaskNotFound", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l")
@@ -249,7 +267,7 @@ describe("publisher transitions: a lost compare-and-set is a typed error", () =>
 
 describe("disconnects", () => {
   it.effect("without output a task goes back to pending; with output it ends error PublisherDisconnected", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const [quiet, talking] = [yield* enqueue("l"), yield* enqueue("l", { streaming: true })]
@@ -267,7 +285,7 @@ describe("disconnects", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("a task whose third dispatch is lost too ends error instead of a fourth dispatch", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l")
@@ -284,7 +302,7 @@ describe("disconnects", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("startup recovery reverts tasks held by sessions of another (dead) broker instance", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       const instance = yield* InstanceId
@@ -304,7 +322,7 @@ describe("disconnects", () => {
 
 describe("timeouts under TestClock", () => {
   it.effect("a claim without ack reverts after 30 s, not before", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l")
@@ -319,7 +337,7 @@ describe("timeouts under TestClock", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("pending for 1 h ends error 'no publisher took the task within 1h'; a waiter gets PublisherOffline", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l")
@@ -338,7 +356,7 @@ describe("timeouts under TestClock", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("running for 30 min ends error Timeout, and the holder gets a cancel", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const signals = yield* Signals
       yield* serve("session-s", [{ name: "l" }])
@@ -357,7 +375,7 @@ describe("timeouts under TestClock", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("a wait times out at its deadline and not a moment before; the task is left as it is", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l")
@@ -375,7 +393,7 @@ describe("timeouts under TestClock", () => {
 
 describe("waiting for a task", () => {
   it.effect("chunks arrive in order, each once, including batches stored before the waiter attached", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l", { streaming: true })
@@ -392,7 +410,7 @@ describe("waiting for a task", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("an already finished task resolves at once; cancel is TaskCancelled; fail is UpstreamError with its status", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l" }])
       const [done, cancelled, failed] = [yield* enqueue("l"), yield* enqueue("l"), yield* enqueue("l")]
@@ -406,7 +424,12 @@ describe("waiting for a task", () => {
       assert.strictEqual(c._tag, "TaskCancelled")
 
       const failWaiter = yield* queue.waitFor(failed.id, "1 minute")
-      yield* queue.fail("session-s", failed.id, { message: "rate limited", status: 429, body: { error: "slow down" } }, 1)
+      yield* queue.fail(
+        "session-s",
+        failed.id,
+        { message: "rate limited", status: 429, body: { error: "slow down" } },
+        1
+      )
       const f = yield* Effect.flip(failWaiter.result)
       assert.strictEqual(f._tag, "UpstreamError")
       if (f._tag === "UpstreamError") {
@@ -419,38 +442,48 @@ describe("waiting for a task", () => {
 })
 
 describe("a claim race", () => {
-  it.live("12 claimers on separate connections take 500 tasks: each exactly once, none left", () =>
-    Effect.gen(function* () {
-      const queue = yield* TaskQueue
-      const sql = yield* SqlClient.SqlClient
-      const sessions = Array.from({ length: 12 }, (_, i) => `racer-session-${i}`)
-      for (const s of sessions) yield* serve(s, [{ name: `row-${s}`, pool: "race", maxConcurrent: 8 }])
-      yield* sql`INSERT INTO llm_relay.inference_tasks (id, pool, model, path, request_body, owner_id, created_at, updated_at)
+  it.live(
+    "12 claimers on separate connections take 500 tasks: each exactly once, none left",
+    () =>
+      Effect.gen(function*() {
+        const queue = yield* TaskQueue
+        const sql = yield* SqlClient.SqlClient
+        const sessions = Array.from({ length: 12 }, (_, i) => `racer-session-${i}`)
+        for (const s of sessions) yield* serve(s, [{ name: `row-${s}`, pool: "race", maxConcurrent: 8 }])
+        yield* sql`INSERT INTO llm_relay.inference_tasks (id, pool, model, path, request_body, owner_id, created_at, updated_at)
         SELECT 'race-' || g, 'race', 'race', '/v1/chat/completions', '{}'::jsonb, 'o',
                to_timestamp(g / 1000.0), to_timestamp(g / 1000.0)
         FROM generate_series(1, 500) g`
-      const taken = yield* Effect.forEach(
-        sessions,
-        (s) =>
-          Effect.gen(function* () {
-            const mine: Array<string> = []
-            while (true) {
-              // small claims so the racers interleave many times
-              const frames = yield* queue.claimFor(s)
-              for (const f of frames) mine.push(f.taskId)
-              if (frames.length === 0) return mine
-              yield* Effect.forEach(frames, (f) => queue.complete(s, f.taskId, { status: 200 }, f.attempt), { concurrency: 4 })
-            }
-          }),
-        { concurrency: "unbounded" }
-      )
-      const all = taken.flat()
-      assert.strictEqual(all.length, 500, "every task claimed")
-      assert.strictEqual(new Set(all).size, 500, "no task claimed twice")
-      assert.isAbove(taken.filter((t) => t.length > 0).length, 1, "more than one racer won tasks")
-      const left = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_tasks WHERE status <> 'completed'`
-      assert.strictEqual(left[0]!.n, 0)
-      const attempts = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_tasks WHERE attempts <> 1`
-      assert.strictEqual(attempts[0]!.n, 0, "every task dispatched exactly once")
-    }).pipe(Effect.provide(QueueTest)), 60_000)
+        const taken = yield* Effect.forEach(
+          sessions,
+          (s) =>
+            Effect.gen(function*() {
+              const mine: Array<string> = []
+              while (true) {
+                // small claims so the racers interleave many times
+                const frames = yield* queue.claimFor(s)
+                for (const f of frames) mine.push(f.taskId)
+                if (frames.length === 0) return mine
+                yield* Effect.forEach(frames, (f) => queue.complete(s, f.taskId, { status: 200 }, f.attempt), {
+                  concurrency: 4
+                })
+              }
+            }),
+          { concurrency: "unbounded" }
+        )
+        const all = taken.flat()
+        assert.strictEqual(all.length, 500, "every task claimed")
+        assert.strictEqual(new Set(all).size, 500, "no task claimed twice")
+        assert.isAbove(taken.filter((t) => t.length > 0).length, 1, "more than one racer won tasks")
+        const left = yield* sql<
+          { n: number }
+        >`SELECT count(*)::int AS n FROM llm_relay.inference_tasks WHERE status <> 'completed'`
+        assert.strictEqual(left[0]!.n, 0)
+        const attempts = yield* sql<
+          { n: number }
+        >`SELECT count(*)::int AS n FROM llm_relay.inference_tasks WHERE attempts <> 1`
+        assert.strictEqual(attempts[0]!.n, 0, "every task dispatched exactly once")
+      }).pipe(Effect.provide(QueueTest)),
+    60_000
+  )
 })

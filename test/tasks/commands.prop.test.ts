@@ -37,7 +37,19 @@
  */
 import { SqlClient } from "@effect/sql"
 import { assert, layer } from "@effect/vitest"
-import { Clock, Duration, Effect, Either, FastCheck as fc, Fiber, Queue, Runtime, Scope, Stream, TestClock } from "effect"
+import {
+  Clock,
+  Duration,
+  Effect,
+  Either,
+  FastCheck as fc,
+  Fiber,
+  Queue,
+  Runtime,
+  Scope,
+  Stream,
+  TestClock
+} from "effect"
 import type { TaskStatus } from "../../src/domain/Task.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { type SessionEvent, Signals } from "../../src/signals/Signals.js"
@@ -158,7 +170,7 @@ const expectedOutcome = (t: MTask) => {
 }
 
 const invariants = (m: Model, r: Real) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const rows = yield* sql<{
       id: string
@@ -199,9 +211,15 @@ const invariants = (m: Model, r: Real) =>
     }
     for (const [s, n] of holding) assert.isAtMost(n, CAPACITY[s]!, `${s} holds no more than its capacity`)
 
-    const llms = yield* sql<{ providerSessionId: string; status: string }>`SELECT provider_session_id, status FROM llm_relay.llms`
+    const llms = yield* sql<
+      { providerSessionId: string; status: string }
+    >`SELECT provider_session_id, status FROM llm_relay.llms`
     for (const l of llms) {
-      assert.strictEqual(l.status, m.active.get(l.providerSessionId) ? "active" : "inactive", `row of ${l.providerSessionId}`)
+      assert.strictEqual(
+        l.status,
+        m.active.get(l.providerSessionId) ? "active" : "inactive",
+        `row of ${l.providerSessionId}`
+      )
     }
 
     for (const s of SESSIONS) {
@@ -217,14 +235,20 @@ const invariants = (m: Model, r: Real) =>
       assert.isDefined(t, "a waiter's task is answered before retention can delete it")
       const all = m.chunks.get(probe.taskId)!
       if (!terminal(t!.status)) {
-        assert.deepStrictEqual(probe.received, all.slice(0, probe.received.length), "a live task's waiter: a prefix, in order")
+        assert.deepStrictEqual(
+          probe.received,
+          all.slice(0, probe.received.length),
+          "a live task's waiter: a prefix, in order"
+        )
         continue
       }
       const outcome = yield* live(Fiber.join(probe.result), `the waiter of task #${t!.seq}`)
       yield* live(Fiber.join(probe.reader), `the chunk stream of task #${t!.seq} to end`)
       assert.deepStrictEqual(probe.received, all, `the waiter of task #${t!.seq} got every chunk once, in order`)
       assert.strictEqual(tagOf(outcome), expectedOutcome(t!), `outcome of task #${t!.seq}`)
-      if (Either.isLeft(outcome) && outcome.left._tag === "UpstreamError") assert.strictEqual(outcome.left.status, t!.responseStatus)
+      if (Either.isLeft(outcome) && outcome.left._tag === "UpstreamError") {
+        assert.strictEqual(outcome.left.status, t!.responseStatus)
+      }
       probe.answered = true
     }
   })
@@ -244,7 +268,7 @@ const queue = TaskQueue
 
 const enqueueCmd = (priority: number, streaming: boolean) =>
   command(`enqueue(p${priority}${streaming ? ", streaming" : ""})`, () => true, (m) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const q = yield* queue
       const task = yield* q.enqueue({
         model: POOL,
@@ -256,15 +280,26 @@ const enqueueCmd = (priority: number, streaming: boolean) =>
       })
       assert.strictEqual(task.status, "pending")
       m.tasks.set(task.id, {
-        id: task.id, seq: m.seq++, priority, createdAt: m.now, status: "pending", holder: null, attempts: 0,
-        output: false, batches: 0, claimedAt: null, completedAt: null, errorType: null, responseStatus: null
+        id: task.id,
+        seq: m.seq++,
+        priority,
+        createdAt: m.now,
+        status: "pending",
+        holder: null,
+        attempts: 0,
+        output: false,
+        batches: 0,
+        claimedAt: null,
+        completedAt: null,
+        errorType: null,
+        responseStatus: null
       })
       m.chunks.set(task.id, [])
     }))
 
 const claimCmd = (si: number) =>
   command(`claim(${SESSIONS[si]})`, () => true, (m) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const s = SESSIONS[si]!
       const free = m.active.get(s) ? CAPACITY[s]! - heldBy(m, s).length : 0
       const expected = ordered(m)
@@ -272,14 +307,20 @@ const claimCmd = (si: number) =>
         .sort((a, b) => b.priority - a.priority || a.createdAt - b.createdAt || a.seq - b.seq)
         .slice(0, Math.max(0, free))
       const frames = yield* (yield* queue).claimFor(s)
-      assert.deepStrictEqual(frames.map((f) => f.taskId), expected.map((t) => t.id), "claims: priority, then age, up to free capacity")
+      assert.deepStrictEqual(
+        frames.map((f) => f.taskId),
+        expected.map((t) => t.id),
+        "claims: priority, then age, up to free capacity"
+      )
       for (const t of expected) {
         t.status = "claimed"
         t.holder = s
         t.attempts += 1
         t.claimedAt = m.now
       }
-      for (const f of frames) assert.strictEqual(f.attempt, m.tasks.get(f.taskId)!.attempts, "a frame carries its attempt")
+      for (const f of frames) {
+        assert.strictEqual(f.attempt, m.tasks.get(f.taskId)!.attempts, "a frame carries its attempt")
+      }
     }))
 
 type PostKind = "ack" | "chunks" | "complete" | "fail"
@@ -288,9 +329,11 @@ type Poster = "holder" | "stale" | "other" | "late"
 
 const postCmd = (kind: PostKind, poster: Poster, k: number, status: number) => {
   const candidates = (m: Model) =>
-    ordered(m).filter((t) => (poster === "holder" ? t.holder !== null && held(t.status) : poster === "late" ? t.holder !== null : true))
+    ordered(m).filter((
+      t
+    ) => (poster === "holder" ? t.holder !== null && held(t.status) : poster === "late" ? t.holder !== null : true))
   return command(`${kind}(${poster}, #${k})`, (m) => candidates(m).length > 0, (m) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const q = yield* queue
       const list = candidates(m)
       const t = list[k % list.length]!
@@ -337,7 +380,7 @@ const postCmd = (kind: PostKind, poster: Poster, k: number, status: number) => {
 
 const cancelCmd = (k: number) =>
   command(`cancel(#${k})`, (m) => m.tasks.size > 0, (m) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const list = ordered(m)
       const t = list[k % list.length]!
       const result = yield* (yield* queue).cancel(t.id, "cancelled by the client")
@@ -353,7 +396,7 @@ const cancelCmd = (k: number) =>
 
 const disconnectCmd = (si: number) =>
   command(`disconnect(${SESSIONS[si]})`, () => true, (m) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const s = SESSIONS[si]!
       const lost = heldBy(m, s)
       assert.strictEqual(yield* (yield* queue).revertHeldBy(s), lost.length)
@@ -363,7 +406,7 @@ const disconnectCmd = (si: number) =>
 /** The broker serving this session's stream dies; a new one starts and recovers. */
 const crashCmd = (si: number) =>
   command(`crash(${SESSIONS[si]})`, (m) => m.active.get(SESSIONS[si]!) === true, (m) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const s = SESSIONS[si]!
       const sql = yield* SqlClient.SqlClient
       yield* sql`UPDATE llm_relay.publisher_sessions SET instance_id = 'instance-dead' WHERE id = ${s}`
@@ -376,7 +419,7 @@ const crashCmd = (si: number) =>
 
 const rebindCmd = (si: number) =>
   command(`rebind(${SESSIONS[si]})`, (m) => m.active.get(SESSIONS[si]!) === false, (m) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const s = SESSIONS[si]!
       const sql = yield* SqlClient.SqlClient
       yield* sql`UPDATE llm_relay.publisher_sessions SET instance_id = 'instance-test' WHERE id = ${s}`
@@ -386,13 +429,13 @@ const rebindCmd = (si: number) =>
 
 const advanceCmd = (ms: number) =>
   command(`advance(${ms} ms)`, () => true, (m) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* TestClock.adjust(ms)
       m.now += ms
     }))
 
 const sweepCmd = command("sweep", () => true, (m) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const result = yield* (yield* queue).sweep
     const at = m.now
     const unacked = ordered(m).filter((t) => t.status === "claimed" && t.claimedAt! < at - 30 * SEC)
@@ -422,12 +465,15 @@ const sweepCmd = command("sweep", () => true, (m) =>
 
 const waitCmd = (k: number) =>
   command(`wait(#${k})`, (m) => m.tasks.size > 0, (m, r) =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const list = ordered(m)
       const t = list[k % list.length]!
       const waiter = yield* Scope.extend((yield* queue).waitFor(t.id, "3650 days"), r.scope)
       const received: Array<string> = []
-      const reader = yield* Effect.forkIn(Stream.runForEach(waiter.chunks, (c) => Effect.sync(() => received.push(c))), r.scope)
+      const reader = yield* Effect.forkIn(
+        Stream.runForEach(waiter.chunks, (c) => Effect.sync(() => received.push(c))),
+        r.scope
+      )
       const result = yield* Effect.forkIn(Effect.either(waiter.result), r.scope)
       r.probes.push({ taskId: t.id, received, reader, result, answered: false })
     }))
@@ -458,22 +504,27 @@ const commandsArb = fc.commands([
   // a flapping publisher: takes work and drops it (three of these lose a task for good)
   ...weighted(session.map((si) => macro(`flap(${SESSIONS[si]})`, claimCmd(si), disconnectCmd(si))), 3),
   // a poison request: every publisher that takes it dies
-  session.map((si) =>
-    macro(`poison(${SESSIONS[si]})`, ...[1, 2, 3].flatMap(() => [claimCmd(si), disconnectCmd(si)]))
-  ),
+  session.map((si) => macro(`poison(${SESSIONS[si]})`, ...[1, 2, 3].flatMap(() => [claimCmd(si), disconnectCmd(si)]))),
   // a working one: takes work and answers (or reports the upstream's error)
   ...weighted(
     fc.tuple(session, fc.constantFrom<PostKind>("complete", "fail"), pick, fc.constantFrom(429, 500, 503)).map(
-      ([si, kind, k, status]) => macro(`serve(${SESSIONS[si]}, ${kind})`, claimCmd(si), postCmd(kind, "holder", k, status))
+      ([si, kind, k, status]) =>
+        macro(`serve(${SESSIONS[si]}, ${kind})`, claimCmd(si), postCmd(kind, "holder", k, status))
     ),
     2
   ),
   // a silent one: claims are not acknowledged in time, or a run hangs
   fc.constantFrom(31 * SEC, 31 * MIN).map((ms) => macro(`stall(${ms} ms)`, advanceCmd(ms), sweepCmd)),
   // a hung run: acknowledged, then nothing for 31 minutes
-  ...weighted(pick.map((k) => macro(`hang(#${k})`, postCmd("ack", "holder", k, 500), advanceCmd(31 * MIN), sweepCmd)), 2),
+  ...weighted(
+    pick.map((k) => macro(`hang(#${k})`, postCmd("ack", "holder", k, 500), advanceCmd(31 * MIN), sweepCmd)),
+    2
+  ),
   // a network blip in the middle of an answer: both streams drop
-  ...weighted(pick.map((k) => macro(`blip(#${k})`, postCmd("chunks", "holder", k, 500), disconnectCmd(0), disconnectCmd(1))), 2),
+  ...weighted(
+    pick.map((k) => macro(`blip(#${k})`, postCmd("chunks", "holder", k, 500), disconnectCmd(0), disconnectCmd(1))),
+    2
+  ),
   // …and some time later: expiry and retention
   fc.constantFrom(61 * MIN, 7 * DAY + 1).map((ms) => macro(`later(${ms} ms)`, advanceCmd(ms), sweepCmd)),
   session.map(crashCmd),
@@ -513,7 +564,7 @@ layer(QueueForCommands, { timeout: 180_000 })("task lifecycle, model-based", (it
     "random command sequences agree with the reference model and keep every invariant",
     [commandsArb],
     ([commands]) =>
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
         const registry = yield* Registry
         const signals = yield* Signals
@@ -562,11 +613,25 @@ layer(QueueForCommands, { timeout: 180_000 })("task lifecycle, model-based", (it
 
   it.effect("the generated runs reached every way a task can end, retention and recovery", () =>
     Effect.sync(() => {
-      for (const what of ["completed", "cancelled", "UpstreamError", "PublisherDisconnected", "MaxAttempts", "Timeout", "Expired", "retention", "recovery"]) {
+      for (
+        const what of [
+          "completed",
+          "cancelled",
+          "UpstreamError",
+          "PublisherDisconnected",
+          "MaxAttempts",
+          "Timeout",
+          "Expired",
+          "retention",
+          "recovery"
+        ]
+      ) {
         assert.isAbove(
           reached.get(what) ?? 0,
           0,
-          `no generated run reached ${what} (reached: ${JSON.stringify([...reached])}): the generator no longer covers it`
+          `no generated run reached ${what} (reached: ${
+            JSON.stringify([...reached])
+          }): the generator no longer covers it`
         )
       }
     }))

@@ -15,10 +15,16 @@ const ids = (frames: ReadonlyArray<{ readonly taskId: string }>) => frames.map((
 
 describe("claiming tasks for a session", () => {
   it.effect("takes no more than each row's free capacity, and more once a held task ends", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "small", pool: "p", maxConcurrent: 2 }])
-      const tasks = [yield* enqueue("p"), yield* enqueue("p"), yield* enqueue("p"), yield* enqueue("p"), yield* enqueue("p")]
+      const tasks = [
+        yield* enqueue("p"),
+        yield* enqueue("p"),
+        yield* enqueue("p"),
+        yield* enqueue("p"),
+        yield* enqueue("p")
+      ]
       const first = yield* claim("session-s")
       assert.deepStrictEqual(ids(first), [tasks[0]!.id, tasks[1]!.id])
       assert.deepStrictEqual(yield* claim("session-s"), [], "full: nothing more")
@@ -30,7 +36,7 @@ describe("claiming tasks for a session", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("fills every row of a session from its own pool, each up to its own capacity", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* serve("session-s", [
         { name: "row-a", pool: "pool-a", maxConcurrent: 1 },
         { name: "row-b", pool: "pool-b", maxConcurrent: 3 }
@@ -47,7 +53,7 @@ describe("claiming tasks for a session", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("leaves tasks held by another session alone, and takes only what is still pending", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* serve("session-1", [{ name: "r1", pool: "shared", maxConcurrent: 2 }])
       yield* serve("session-2", [{ name: "r2", pool: "shared", maxConcurrent: 10 }])
       const tasks = [yield* enqueue("shared"), yield* enqueue("shared"), yield* enqueue("shared")]
@@ -57,7 +63,7 @@ describe("claiming tasks for a session", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("an inactive row claims nothing; bound again, it does", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const registry = yield* Registry
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l")
@@ -69,14 +75,14 @@ describe("claiming tasks for a session", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("an unknown session claims nothing", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* serve("session-s", [{ name: "l" }])
       yield* enqueue("l")
       assert.deepStrictEqual(yield* claim("no-such-session"), [])
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("a task's frame carries what the publisher needs: attempt, row, model, path, streaming, body", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       yield* serve("session-s", [{ name: "vllm-1", pool: "qwen" }])
       const body = { model: "qwen", messages: [{ role: "user", content: "hi" }], max_tokens: 5 }
       const task = yield* enqueue("qwen", { streaming: true, body })
@@ -97,7 +103,7 @@ describe("claiming tasks for a session", () => {
 
 describe("who is told", () => {
   it.effect("enqueue and a revert to pending wake the task's pool; a revert to error does not", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const signals = yield* Signals
       yield* serve("session-s", [{ name: "l", pool: "p" }])
@@ -115,7 +121,7 @@ describe("who is told", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("cancelling a held task tells its holder (cancel, then freed); a pending one tells no session", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const signals = yield* Signals
       yield* serve("session-s", [{ name: "l", maxConcurrent: 1 }])
@@ -137,7 +143,7 @@ describe("who is told", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("a result or an error frees the holder's slot (freed); an ack or chunks do not", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const signals = yield* Signals
       yield* serve("session-s", [{ name: "l" }])

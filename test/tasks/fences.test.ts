@@ -31,7 +31,7 @@ const names = () => {
 }
 
 /** A pool served by a holder and another session; one task, claimed by the holder (attempt 1). */
-const heldTask = Effect.gen(function* () {
+const heldTask = Effect.gen(function*() {
   const n = names()
   yield* serve(n.holder, [{ name: `${n.holder}-row`, pool: n.pool }])
   yield* serve(n.other, [{ name: `${n.other}-row`, pool: n.pool }])
@@ -64,7 +64,7 @@ const situations: ReadonlyArray<{
   {
     name: "the former holder while the task waits pending again",
     expected: () => "TaskNotHeld",
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
       yield* Effect.flatMap(TaskQueue, (q) => q.revertHeldBy(t.holder))
       return { session: t.holder, taskId: t.taskId, attempt: t.attempt }
@@ -73,7 +73,7 @@ const situations: ReadonlyArray<{
   {
     name: "the former holder after the task went to another session",
     expected: () => "TaskNotHeld",
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
       yield* Effect.flatMap(TaskQueue, (q) => q.revertHeldBy(t.holder))
       assert.strictEqual((yield* claimOne(t.other)).attempt, 2)
@@ -83,7 +83,7 @@ const situations: ReadonlyArray<{
   {
     name: "the holder with its first attempt after the task was re-dispatched to it",
     expected: () => "TaskNotHeld",
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
       yield* Effect.flatMap(TaskQueue, (q) => q.revertHeldBy(t.holder))
       assert.strictEqual((yield* claimOne(t.holder)).attempt, 2)
@@ -93,7 +93,7 @@ const situations: ReadonlyArray<{
   {
     name: "the holder after the task was cancelled",
     expected: () => "TaskCancelled",
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
       yield* Effect.flatMap(TaskQueue, (q) => q.cancel(t.taskId, "the client went away"))
       return { session: t.holder, taskId: t.taskId, attempt: t.attempt }
@@ -102,7 +102,7 @@ const situations: ReadonlyArray<{
   {
     name: "a stale attempt of a task cancelled since",
     expected: () => "TaskCancelled",
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
       yield* Effect.flatMap(TaskQueue, (q) => q.revertHeldBy(t.holder))
       yield* claimOne(t.other)
@@ -113,16 +113,19 @@ const situations: ReadonlyArray<{
   {
     name: "the holder after it completed the task",
     expected: (post) => (post === "complete" ? "ok (no-op)" : "TaskAlreadyTerminal"),
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
-      yield* Effect.flatMap(TaskQueue, (q) => q.complete(t.holder, t.taskId, { status: 200, body: { first: true } }, t.attempt))
+      yield* Effect.flatMap(
+        TaskQueue,
+        (q) => q.complete(t.holder, t.taskId, { status: 200, body: { first: true } }, t.attempt)
+      )
       return { session: t.holder, taskId: t.taskId, attempt: t.attempt }
     })
   },
   {
     name: "the holder, posting no attempt, after it completed the task",
     expected: (post) => (post === "complete" ? "ok (no-op)" : "TaskAlreadyTerminal"),
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
       yield* Effect.flatMap(TaskQueue, (q) => q.complete(t.holder, t.taskId, { status: 200, body: { first: true } }))
       return { session: t.holder, taskId: t.taskId, attempt: undefined }
@@ -131,16 +134,19 @@ const situations: ReadonlyArray<{
   {
     name: "the holder after it reported an upstream error",
     expected: () => "TaskAlreadyTerminal",
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
-      yield* Effect.flatMap(TaskQueue, (q) => q.fail(t.holder, t.taskId, { message: "upstream 500", status: 500 }, t.attempt))
+      yield* Effect.flatMap(
+        TaskQueue,
+        (q) => q.fail(t.holder, t.taskId, { message: "upstream 500", status: 500 }, t.attempt)
+      )
       return { session: t.holder, taskId: t.taskId, attempt: t.attempt }
     })
   },
   {
     name: "the holder after the sweep ended its 30-minute run",
     expected: () => "TaskAlreadyTerminal",
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
       const queue = yield* TaskQueue
       yield* queue.ack(t.holder, t.taskId, t.attempt)
@@ -152,7 +158,7 @@ const situations: ReadonlyArray<{
   {
     name: "the holder after its disconnect ended the task (output had started)",
     expected: () => "TaskAlreadyTerminal",
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
       const queue = yield* TaskQueue
       yield* queue.appendChunks(t.holder, t.taskId, ["partial"], t.attempt)
@@ -163,7 +169,7 @@ const situations: ReadonlyArray<{
   {
     name: "the holder of the third dispatch after it was lost too",
     expected: () => "TaskAlreadyTerminal",
-    setup: Effect.gen(function* () {
+    setup: Effect.gen(function*() {
       const t = yield* heldTask
       const queue = yield* TaskQueue
       yield* queue.revertHeldBy(t.holder)
@@ -208,7 +214,7 @@ layer(QueueTest)("publisher posts are fenced by holder and attempt", (it) => {
     for (const kind of POSTS) {
       const expected = situation.expected(kind)
       it.effect(`${kind} by ${situation.name}: ${expected}, and nothing changes`, () =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           const post = yield* situation.setup
           const before = yield* snapshot(post.taskId)
           yield* TestClock.adjust("1 second") // a write would now leave a different updated_at
@@ -220,7 +226,7 @@ layer(QueueTest)("publisher posts are fenced by holder and attempt", (it) => {
   }
 
   it.effect("the holder may post without an attempt: the fence is then the session alone", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const t = yield* heldTask
       yield* queue.ack(t.holder, t.taskId)
@@ -230,13 +236,15 @@ layer(QueueTest)("publisher posts are fenced by holder and attempt", (it) => {
     }))
 
   it.effect("an empty chunk batch is an ack: it moves claimed to running and stores no batch", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       const t = yield* heldTask
       yield* queue.appendChunks(t.holder, t.taskId, [], t.attempt)
       assert.strictEqual(Option.getOrThrow(yield* queue.get(t.taskId)).status, "running")
-      const stored = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM llm_relay.inference_task_chunks WHERE task_id = ${t.taskId}`
+      const stored = yield* sql<
+        { n: number }
+      >`SELECT count(*)::int AS n FROM llm_relay.inference_task_chunks WHERE task_id = ${t.taskId}`
       assert.strictEqual(stored[0]!.n, 0)
       // …and, having no output, the task may still go back to the queue
       yield* queue.revertHeldBy(t.holder)
@@ -244,7 +252,7 @@ layer(QueueTest)("publisher posts are fenced by holder and attempt", (it) => {
     }))
 
   it.effect("a result or an error counts as the ack: a claimed task may end at once", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const a = yield* heldTask
       const b = yield* heldTask

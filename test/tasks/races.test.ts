@@ -16,7 +16,7 @@ const N = 100
 let counter = 0
 /** A pool of its own for one race, served by `sessions` sessions (`${prefix}-s0`, …) of capacity `capacity`. */
 const arena = (sessions: number, capacity: number) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const prefix = `race-${++counter}`
     const ids = Array.from({ length: sessions }, (_, i) => `${prefix}-s${i}`)
     for (const s of ids) yield* serve(s, [{ name: `${s}-row`, pool: `${prefix}-pool`, maxConcurrent: capacity }])
@@ -28,7 +28,7 @@ const enqueueMany = (pool: string, n: number) =>
 
 /** A race's setup: `n` tasks in a pool of their own, all claimed by its one session (attempt 1). */
 const heldByOne = (n: number) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const { pool, sessions: [s] } = yield* arena(1, n)
     yield* enqueueMany(pool, n)
     const frames = yield* Effect.flatMap(TaskQueue, (q) => q.claimFor(s!))
@@ -44,24 +44,33 @@ interface Row {
   readonly chunkCount: number
 }
 const rowsOf = (pool: string) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql<Row>`SELECT id, status, claimed_by, attempts, error_type, chunk_count FROM llm_relay.inference_tasks WHERE pool = ${pool}`.pipe(
-      Effect.map((rows) => new Map(rows.map((r) => [r.id, r] as const))),
-      Effect.orDie
-    ))
+  Effect.flatMap(
+    SqlClient.SqlClient,
+    (sql) =>
+      sql<
+        Row
+      >`SELECT id, status, claimed_by, attempts, error_type, chunk_count FROM llm_relay.inference_tasks WHERE pool = ${pool}`
+        .pipe(
+          Effect.map((rows) => new Map(rows.map((r) => [r.id, r] as const))),
+          Effect.orDie
+        )
+  )
 
 /** Resolves once `n` calls of `arrive` happened: a trigger in the middle of a race, or a barrier. */
 const countdown = (n: number) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const count = yield* Ref.make(0)
     const reached = yield* Deferred.make<void>()
-    const arrive = Effect.flatMap(Ref.updateAndGet(count, (c) => c + 1), (c) => (c >= n ? Deferred.succeed(reached, undefined) : Effect.void))
+    const arrive = Effect.flatMap(
+      Ref.updateAndGet(count, (c) => c + 1),
+      (c) => (c >= n ? Deferred.succeed(reached, undefined) : Effect.void)
+    )
     return { arrive, reached: Deferred.await(reached) }
   })
 
 layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races on separate connections", (it) => {
   it.effect("12 claimers, on 12 connections at once, while tasks keep arriving: every task claimed exactly once", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       const { pool, sessions } = yield* arena(12, 1000)
@@ -71,12 +80,12 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
       const pids = new Set<number>()
 
       const claimer = (s: string) =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           const mine: Array<string> = []
           // First round: all 12 open a transaction, prove they hold 12 connections at
           // once (the barrier), then claim together; SKIP LOCKED must split the rows.
           const first = yield* sql.withTransaction(
-            Effect.gen(function* () {
+            Effect.gen(function*() {
               const [{ pid }] = yield* sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`
               pids.add(pid!)
               yield* barrier.arrive
@@ -95,7 +104,7 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
           }
         })
 
-      const enqueuer = Effect.gen(function* () {
+      const enqueuer = Effect.gen(function*() {
         yield* barrier.reached
         const later = yield* enqueueMany(pool, 300)
         yield* Deferred.succeed(enqueuerDone, undefined)
@@ -126,7 +135,7 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
     }))
 
   it.effect("complete against cancel: one wins each task, the other learns it", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const { pool, s, frames } = yield* heldByOne(N)
       assert.strictEqual(frames.length, N)
@@ -153,13 +162,16 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
     }))
 
   it.effect("complete against a disconnect: each task is completed or back to pending, never both", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const { pool, s, frames } = yield* heldByOne(N)
       const midway = yield* countdown(N / 3)
       const revert = yield* Effect.fork(Effect.zipRight(midway.reached, queue.revertHeldBy(s)))
-      const results = yield* Effect.forEach(frames, (f) =>
-        Effect.zipRight(midway.arrive, Effect.either(queue.complete(s, f.taskId, { status: 200 }, f.attempt))), { concurrency: 12 })
+      const results = yield* Effect.forEach(
+        frames,
+        (f) => Effect.zipRight(midway.arrive, Effect.either(queue.complete(s, f.taskId, { status: 200 }, f.attempt))),
+        { concurrency: 12 }
+      )
       const reverted = yield* Fiber.join(revert)
       const rows = yield* rowsOf(pool)
       for (const [i, result] of results.entries()) {
@@ -177,17 +189,22 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
     }))
 
   it.effect("chunks against a disconnect: output that was stored ends the task error, never back in the queue", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       const { pool, s, frames } = yield* heldByOne(N)
       const midway = yield* countdown(N / 3)
       const revert = yield* Effect.fork(Effect.zipRight(midway.reached, queue.revertHeldBy(s)))
-      const results = yield* Effect.forEach(frames, (f) =>
-        Effect.zipRight(midway.arrive, Effect.either(queue.appendChunks(s, f.taskId, ["part"], f.attempt))), { concurrency: 12 })
+      const results = yield* Effect.forEach(
+        frames,
+        (f) => Effect.zipRight(midway.arrive, Effect.either(queue.appendChunks(s, f.taskId, ["part"], f.attempt))),
+        { concurrency: 12 }
+      )
       yield* Fiber.join(revert)
       const rows = yield* rowsOf(pool)
-      const stored = yield* sql<{ taskId: string }>`SELECT task_id FROM llm_relay.inference_task_chunks c JOIN llm_relay.inference_tasks t ON t.id = c.task_id WHERE t.pool = ${pool}`
+      const stored = yield* sql<
+        { taskId: string }
+      >`SELECT task_id FROM llm_relay.inference_task_chunks c JOIN llm_relay.inference_tasks t ON t.id = c.task_id WHERE t.pool = ${pool}`
       const withOutput = new Set(stored.map((c) => c.taskId))
       for (const [i, result] of results.entries()) {
         const id = frames[i]!.taskId
@@ -206,12 +223,14 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
     }))
 
   it.effect("claims against cancels of pending tasks: a task is taken or cancelled, and a taken one knows its holder", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const { pool, sessions } = yield* arena(4, N)
       const ids = yield* enqueueMany(pool, N)
       const [claims, cancels] = yield* Effect.all([
-        Effect.forEach(sessions, (s) => Effect.map(queue.claimFor(s), (frames) => frames.map((f) => f.taskId)), { concurrency: "unbounded" }),
+        Effect.forEach(sessions, (s) => Effect.map(queue.claimFor(s), (frames) => frames.map((f) => f.taskId)), {
+          concurrency: "unbounded"
+        }),
         Effect.forEach(ids, (id) => queue.cancel(id, "no longer wanted"), { concurrency: 8 })
       ], { concurrency: "unbounded" })
       const taken = new Set(claims.flat())
@@ -231,17 +250,24 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
     }))
 
   it.effect("a holder repeating its result at the same instant: both posts succeed, one answer stays", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const { pool, s, frames } = yield* heldByOne(N)
-      const results = yield* Effect.forEach(frames, (f) =>
-        Effect.all([1, 2].map((n) => Effect.either(queue.complete(s, f.taskId, { status: 200, body: { n } }, f.attempt))), { concurrency: 2 }), { concurrency: CONNECTIONS / 2 })
+      const results = yield* Effect.forEach(
+        frames,
+        (f) =>
+          Effect.all(
+            [1, 2].map((n) => Effect.either(queue.complete(s, f.taskId, { status: 200, body: { n } }, f.attempt))),
+            { concurrency: 2 }
+          ),
+        { concurrency: CONNECTIONS / 2 }
+      )
       assert.deepStrictEqual(results.flat().map((o) => tagOf(o)), Array.from({ length: 2 * N }, () => "ok"))
       for (const r of (yield* rowsOf(pool)).values()) assert.strictEqual(r.status, "completed")
     }))
 
   it.effect("chunk batches posted at once for one task are each stored once, numbered without gaps, and reach a waiter in that order", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       const { s, frames: [frame] } = yield* heldByOne(1)
@@ -249,26 +275,35 @@ layer(queueLayer({ maxConnections: CONNECTIONS }), { timeout: 120_000 })("races 
       const waiter = yield* queue.waitFor(id, "1 hour")
       const received = yield* Effect.fork(Effect.map(Stream.runCollect(waiter.chunks), (c) => [...c]))
       const batches = Array.from({ length: 40 }, (_, b) => [`b${b}-1`, `b${b}-2`])
-      yield* Effect.forEach(batches, (batch) => queue.appendChunks(s, id, batch, frame!.attempt), { concurrency: 12, discard: true })
+      yield* Effect.forEach(batches, (batch) => queue.appendChunks(s, id, batch, frame!.attempt), {
+        concurrency: 12,
+        discard: true
+      })
       yield* queue.complete(s, id, { status: 200 }, frame!.attempt)
       const stored = yield* sql<{ seq: number; chunks: ReadonlyArray<string> }>`
         SELECT seq, chunks FROM llm_relay.inference_task_chunks WHERE task_id = ${id} ORDER BY seq`
       assert.deepStrictEqual(stored.map((b) => b.seq), Array.from({ length: 40 }, (_, i) => i + 1))
       assert.sameDeepMembers(stored.map((b) => [...b.chunks]), batches, "each batch stored once, whole")
-      assert.deepStrictEqual(yield* live(Fiber.join(received), "the waiter's stream", "20 seconds"), stored.flatMap((b) => b.chunks))
+      assert.deepStrictEqual(
+        yield* live(Fiber.join(received), "the waiter's stream", "20 seconds"),
+        stored.flatMap((b) => b.chunks)
+      )
     }).pipe(Effect.scoped))
 })
 
 // The sweep is global: this race gets a database of its own, or it would revert the other races' tasks.
 it.effect("ack against the claim-ack timeout: each task runs or goes back, and the sweep counts what it took", () =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const queue = yield* TaskQueue
     const { pool, s, frames } = yield* heldByOne(N)
     yield* TestClock.adjust("31 seconds")
     const midway = yield* countdown(N / 3)
     const sweep = yield* Effect.fork(Effect.zipRight(midway.reached, queue.sweep))
-    const results = yield* Effect.forEach(frames, (f) =>
-      Effect.zipRight(midway.arrive, Effect.either(queue.ack(s, f.taskId, f.attempt))), { concurrency: 12 })
+    const results = yield* Effect.forEach(
+      frames,
+      (f) => Effect.zipRight(midway.arrive, Effect.either(queue.ack(s, f.taskId, f.attempt))),
+      { concurrency: 12 }
+    )
     const swept = yield* Fiber.join(sweep)
     const rows = yield* rowsOf(pool)
     for (const [i, result] of results.entries()) {

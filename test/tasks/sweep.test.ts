@@ -13,12 +13,18 @@ import { TaskQueue } from "../../src/tasks/TaskQueue.js"
 import { claim, countTasks, drain, enqueue, queueLayer, QueueTest, row, serve } from "../support/tasks.js"
 
 /** Every row as it stands, to compare before and after a pass. */
-const everything = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  sql`SELECT * FROM llm_relay.inference_tasks ORDER BY seq`.pipe(Effect.map((rows) => JSON.stringify(rows)), Effect.orDie))
+const everything = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) =>
+    sql`SELECT * FROM llm_relay.inference_tasks ORDER BY seq`.pipe(
+      Effect.map((rows) => JSON.stringify(rows)),
+      Effect.orDie
+    )
+)
 
 describe("the periodic sweep of tasks", () => {
   it.effect("a second pass at the same instant finds nothing to do and changes nothing", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l", maxConcurrent: 10 }])
       const finished = yield* enqueue("l")
@@ -42,10 +48,14 @@ describe("the periodic sweep of tasks", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("an acknowledged task is not reverted by the claim-ack timeout, nor is one that sent chunks", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l", maxConcurrent: 3 }])
-      const [acked, talking, silent] = [yield* enqueue("l"), yield* enqueue("l", { streaming: true }), yield* enqueue("l")]
+      const [acked, talking, silent] = [
+        yield* enqueue("l"),
+        yield* enqueue("l", { streaming: true }),
+        yield* enqueue("l")
+      ]
       yield* claim("session-s")
       yield* TestClock.adjust("20 seconds")
       yield* queue.ack("session-s", acked.id, 1)
@@ -58,7 +68,7 @@ describe("the periodic sweep of tasks", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("a claim-ack revert tells the holder to drop the task, and counts as a dispatch: the third ends error", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const signals = yield* Signals
       yield* serve("session-s", [{ name: "l" }])
@@ -79,7 +89,7 @@ describe("the periodic sweep of tasks", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("pending expiry, running timeout and retention all wait past their limit, not at it", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       yield* serve("session-s", [{ name: "l", maxConcurrent: 10 }])
       const done = yield* enqueue("l")
@@ -106,11 +116,17 @@ describe("the periodic sweep of tasks", () => {
     }).pipe(Effect.provide(QueueTest)))
 
   it.effect("retention deletes in batches until nothing old is left: completed, error and cancelled alike", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       yield* serve("session-s", [{ name: "l", maxConcurrent: 10 }])
-      const tasks = [yield* enqueue("l"), yield* enqueue("l"), yield* enqueue("l"), yield* enqueue("l"), yield* enqueue("l")]
+      const tasks = [
+        yield* enqueue("l"),
+        yield* enqueue("l"),
+        yield* enqueue("l"),
+        yield* enqueue("l"),
+        yield* enqueue("l")
+      ]
       yield* claim("session-s")
       yield* queue.appendChunks("session-s", tasks[0]!.id, ["a"], 1)
       yield* queue.complete("session-s", tasks[0]!.id, { status: 200 }, 1)
@@ -132,13 +148,17 @@ describe("the periodic sweep of tasks", () => {
 
 describe("startup recovery", () => {
   it.effect("of a dead broker's sessions: quiet tasks go back to pending, started ones end error; rows go offline", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const registry = yield* Registry
       const sql = yield* SqlClient.SqlClient
       yield* serve("dead-session", [{ name: "d", maxConcurrent: 3 }])
       yield* serve("live-session", [{ name: "e" }])
-      const [quiet, started, finished] = [yield* enqueue("d"), yield* enqueue("d", { streaming: true }), yield* enqueue("d")]
+      const [quiet, started, finished] = [
+        yield* enqueue("d"),
+        yield* enqueue("d", { streaming: true }),
+        yield* enqueue("d")
+      ]
       const waiting = yield* enqueue("e")
       yield* claim("dead-session")
       yield* queue.appendChunks("dead-session", started.id, ["part"], 1)

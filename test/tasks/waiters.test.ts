@@ -14,19 +14,22 @@ import { claimOne, enqueue, live, QueueTest, serve } from "../support/tasks.js"
 
 /** Reads a waiter's chunk stream into a queue, so a test can wait for the n next chunks. */
 const follow = (waiter: Waiter) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const seen = yield* Queue.unbounded<string>()
     const reader = yield* Effect.fork(Stream.runForEach(waiter.chunks, (c) => Queue.offer(seen, c)))
     return {
       next: (n: number) => Effect.map(live(Queue.takeN(seen, n), `${n} more chunk(s)`), Chunk.toReadonlyArray),
       /** The stream ended; returns whatever arrived and was not taken yet (duplicates, strays). */
-      ended: Effect.zipRight(live(Fiber.join(reader), "the chunk stream to end"), Effect.map(Queue.takeAll(seen), Chunk.toReadonlyArray)),
+      ended: Effect.zipRight(
+        live(Fiber.join(reader), "the chunk stream to end"),
+        Effect.map(Queue.takeAll(seen), Chunk.toReadonlyArray)
+      ),
       isOpen: Effect.map(Fiber.poll(reader), Option.isNone)
     }
   })
 
 /** A streaming task, claimed by `session-s` (attempt 1). */
-const streamingTask = Effect.gen(function* () {
+const streamingTask = Effect.gen(function*() {
   yield* serve("session-s", [{ name: "l", maxConcurrent: 8 }])
   const task = yield* enqueue("l", { streaming: true })
   const frame = yield* claimOne("session-s")
@@ -36,7 +39,7 @@ const streamingTask = Effect.gen(function* () {
 
 describe("the chunk stream", () => {
   it.effect("delivers chunk text exactly as posted: quotes, backslashes, braces, NULL, empty, unicode", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const id = yield* streamingTask
       const first = [
@@ -59,7 +62,7 @@ describe("the chunk stream", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("several waiters of one task, attached at different points, each get every chunk once, in order", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const id = yield* streamingTask
       const batches = Array.from({ length: 6 }, (_, b) => [`b${b}-x`, `b${b}-y`])
@@ -76,7 +79,7 @@ describe("the chunk stream", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("a batch whose signal was missed is fetched from the database when the next one arrives", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       const id = yield* streamingTask
@@ -91,7 +94,7 @@ describe("the chunk stream", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("a finish whose signal was lost is noticed by the slow poll (5 s), output replayed first", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       const id = yield* streamingTask
@@ -110,7 +113,7 @@ describe("the chunk stream", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("a wait that runs out ends the chunk stream too, after the chunks that came in time", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const id = yield* streamingTask
       const waiter = yield* queue.waitFor(id, "10 seconds")
@@ -125,7 +128,7 @@ describe("the chunk stream", () => {
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
   it.effect("a waiter whose task row is deleted under it gets TaskCancelled, and its chunk stream ends", () =>
-    Effect.gen(function* () {
+    Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
       const id = yield* streamingTask
@@ -157,7 +160,8 @@ describe("every way a task ends reaches its waiter as a typed outcome", () => {
     },
     {
       name: "an upstream error without a body",
-      end: (id) => Effect.flatMap(TaskQueue, (q) => q.fail("session-s", id, { message: "upstream unavailable", status: 503 }, 1)),
+      end: (id) =>
+        Effect.flatMap(TaskQueue, (q) => q.fail("session-s", id, { message: "upstream unavailable", status: 503 }, 1)),
       expected: "UpstreamError",
       message: /^upstream unavailable$/,
       check: (left) => {
@@ -168,8 +172,10 @@ describe("every way a task ends reaches its waiter as a typed outcome", () => {
     {
       name: "a disconnect after output began",
       end: (id) =>
-        Effect.flatMap(TaskQueue, (q) =>
-          Effect.zipRight(q.appendChunks("session-s", id, ["half an answer"], 1), q.revertHeldBy("session-s"))),
+        Effect.flatMap(
+          TaskQueue,
+          (q) => Effect.zipRight(q.appendChunks("session-s", id, ["half an answer"], 1), q.revertHeldBy("session-s"))
+        ),
       expected: "PublisherDisconnected",
       message: /disconnected/
     },
@@ -177,7 +183,7 @@ describe("every way a task ends reaches its waiter as a typed outcome", () => {
       name: "a third lost dispatch",
       end: () =>
         Effect.flatMap(TaskQueue, (q) =>
-          Effect.gen(function* () {
+          Effect.gen(function*() {
             yield* q.revertHeldBy("session-s")
             yield* q.claimFor("session-s")
             yield* q.revertHeldBy("session-s")
@@ -191,7 +197,7 @@ describe("every way a task ends reaches its waiter as a typed outcome", () => {
       name: "a run longer than 30 minutes",
       end: (id) =>
         Effect.flatMap(TaskQueue, (q) =>
-          Effect.gen(function* () {
+          Effect.gen(function*() {
             yield* q.ack("session-s", id, 1)
             yield* TestClock.adjust("31 minutes")
             yield* q.sweep
@@ -203,7 +209,7 @@ describe("every way a task ends reaches its waiter as a typed outcome", () => {
 
   for (const ending of endings) {
     it.effect(`${ending.name}: ${ending.expected}`, () =>
-      Effect.gen(function* () {
+      Effect.gen(function*() {
         const queue = yield* TaskQueue
         const id = yield* streamingTask
         const waiter = yield* queue.waitFor(id, "1 day")

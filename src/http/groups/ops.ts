@@ -16,5 +16,9 @@ export class OpsApi extends HttpApiGroup.make("ops")
       .addSuccess(Schema.Struct({ status: Schema.Literal("ready") }))
       .addError(asWire(NotReady))
   )
-  .add(HttpApiEndpoint.get("metrics", "/metrics").addSuccess(Schema.String.pipe(HttpApiSchema.withEncoding({ kind: "Text", contentType: "text/plain; version=0.0.4" }))))
+  .add(
+    HttpApiEndpoint.get("metrics", "/metrics").addSuccess(
+      Schema.String.pipe(HttpApiSchema.withEncoding({ kind: "Text", contentType: "text/plain; version=0.0.4" }))
+    )
+  )
 {}

@@ -6,8 +6,12 @@ import { storable } from "./storable.js"
 
 const SessionPath = storable(Schema.Struct({ sessionId: Schema.String }))
 const TaskPath = storable(Schema.Struct({ sessionId: Schema.String, taskId: Schema.String }))
-const Attempt = Schema.optional(Schema.Int.pipe(Schema.positive({ message: () => "attempt must be a positive integer" })))
-const HttpStatus = Schema.Int.pipe(Schema.between(100, 599, { message: () => "status must be an HTTP status (100-599)" }))
+const Attempt = Schema.optional(
+  Schema.Int.pipe(Schema.positive({ message: () => "attempt must be a positive integer" }))
+)
+const HttpStatus = Schema.Int.pipe(
+  Schema.between(100, 599, { message: () => "status must be an HTTP status (100-599)" })
+)
 
 /** An empty body (`null` once parsed) is as good as `{}`. */
 const orEmpty = <A, I>(schema: Schema.Schema<A, I>) => Schema.Union(schema, Schema.Null)
@@ -37,7 +41,11 @@ const taskPost = <const Name extends string, A, I>(name: Name, segment: string, 
 
 /** What a publisher process talks to (role publisher or admin). */
 export class PublishersApi extends HttpApiGroup.make("publishers")
-  .add(HttpApiEndpoint.post("register", "/v1/publishers/sessions").setPayload(storable(RegisterRequest)).addSuccess(Registration))
+  .add(
+    HttpApiEndpoint.post("register", "/v1/publishers/sessions").setPayload(storable(RegisterRequest)).addSuccess(
+      Registration
+    )
+  )
   .add(
     HttpApiEndpoint.get("stream", "/v1/publishers/sessions/:sessionId/tasks")
       .setPath(SessionPath)

@@ -32,14 +32,21 @@ export const ListParams = Schema.Struct({
 
 export const WaitParams = Schema.Struct({
   timeoutMs: Schema.optionalWith(
-    Schema.NumberFromString.pipe(Schema.int(), Schema.between(0, 3_600_000, { message: () => "timeoutMs must be 0-3600000" })),
+    Schema.NumberFromString.pipe(
+      Schema.int(),
+      Schema.between(0, 3_600_000, { message: () => "timeoutMs must be 0-3600000" })
+    ),
     { default: () => 30_000 }
   )
 })
 
 /** The async task API (role client or admin; own tasks only, admin sees all). */
 export class TasksApi extends HttpApiGroup.make("tasks")
-  .add(HttpApiEndpoint.post("create", "/v1/tasks").setPayload(storable(CreateTaskRequest)).addSuccess(Task, { status: 202 }))
+  .add(
+    HttpApiEndpoint.post("create", "/v1/tasks").setPayload(storable(CreateTaskRequest)).addSuccess(Task, {
+      status: 202
+    })
+  )
   .add(
     HttpApiEndpoint.get("list", "/v1/tasks")
       .setUrlParams(storable(ListParams))

@@ -42,7 +42,8 @@ const taskResponse = (task: Task, headers: Record<string, string>) =>
 const failureResponse = (error: unknown, headers: Record<string, string>) =>
   Option.match(toWire(error), {
     onNone: () => Effect.die(error),
-    onSome: (w) => Effect.succeed(errorResponse(w.status, w.type, w.message).pipe(HttpServerResponse.setHeaders(headers)))
+    onSome: (w) =>
+      Effect.succeed(errorResponse(w.status, w.type, w.message).pipe(HttpServerResponse.setHeaders(headers)))
   })
 
 const errorFrame = (error: unknown): string => {
@@ -70,29 +71,40 @@ const answerResponse = (answer: Answer) => {
 }
 
 export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const relay = yield* Relay
 
     const infer = (path: TaskPath) =>
-    ({ payload, request }: { readonly payload: Record<string, unknown>; readonly request: HttpServerRequest.HttpServerRequest }) =>
-      Effect.gen(function* () {
+    (
+      { payload, request }: {
+        readonly payload: Record<string, unknown>
+        readonly request: HttpServerRequest.HttpServerRequest
+      }
+    ) =>
+      Effect.gen(function*() {
         const principal = yield* CurrentPrincipal
         const destination = yield* relay.destination(String(payload.model))
         return yield* Destination.$match(destination, {
           Proxy: ({ row }) => proxyPublic(row, path, payload, request),
           Queue: ({ route }) =>
-            Effect.gen(function* () {
+            Effect.gen(function*() {
               const maxWait = yield* secondsHeader(request, "X-Relay-Max-Wait")
               const timeout = yield* secondsHeader(request, "X-Relay-Timeout")
-              const answer = yield* relay.call({ ownerId: principal.id, path, body: payload, route, maxWait, timeout })
+              const answer = yield* relay.call({
+                ownerId: principal.id,
+                path,
+                body: payload,
+                route,
+                maxWait,
+                timeout
+              })
               return yield* answerResponse(answer)
             })
         })
       })
 
     return handlers
-      .handle("models", () =>
-        Effect.map(relay.models, (data) => ({ object: "list" as const, data })))
+      .handle("models", () => Effect.map(relay.models, (data) => ({ object: "list" as const, data })))
       .handle("model", ({ path }) => relay.model(path.id))
       .handle("chatCompletions", infer("/v1/chat/completions"))
       .handle("completions", infer("/v1/completions"))

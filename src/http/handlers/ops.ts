@@ -6,7 +6,7 @@ import { RelayApi } from "../Api.js"
 import { NotReady } from "../groups/ops.js"
 
 export const OpsLive = HttpApiBuilder.group(RelayApi, "ops", (handlers) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const metrics = yield* MetricsRepo
     return handlers
@@ -18,7 +18,7 @@ export const OpsLive = HttpApiBuilder.group(RelayApi, "ops", (handlers) =>
           Effect.catchAll(() => Effect.fail(new NotReady({ message: "the database does not answer" })))
         ))
       .handle("metrics", () =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           const tasks = yield* metrics.tasksByStatus
           const llms = yield* metrics.llmsByKindAndStatus
           const lines = [

@@ -15,7 +15,7 @@ export const proxyPublic = (
   body: Record<string, unknown>,
   _request: HttpServerRequest.HttpServerRequest
 ) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const url = joinUpstream(row.url ?? "", path)
     const response = yield* Effect.tryPromise({
       try: (signal) =>
@@ -36,7 +36,8 @@ export const proxyPublic = (
     return HttpServerResponse.stream(
       Stream.fromReadableStream({
         evaluate: () => response.body!,
-        onError: (cause) => new UpstreamError({ status: 502, message: `the public LLM stream failed: ${String(cause)}` })
+        onError: (cause) =>
+          new UpstreamError({ status: 502, message: `the public LLM stream failed: ${String(cause)}` })
       }),
       { status: response.status, contentType }
     )

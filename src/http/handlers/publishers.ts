@@ -2,8 +2,8 @@ import { HttpApiBuilder } from "@effect/platform"
 import { Effect, Schedule, Stream } from "effect"
 import { RelayConfig } from "../../config.js"
 import type { Frame } from "../../domain/Frames.js"
-import { Registry } from "../../registry/Registry.js"
 import { TaskAlreadyTerminal, TaskNotHeld } from "../../domain/Task.js"
+import { Registry } from "../../registry/Registry.js"
 import { Sessions } from "../../sessions/Sessions.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
@@ -16,7 +16,7 @@ const frameEvent = (frame: Frame): string => {
 }
 
 export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (handlers) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const registry = yield* Registry
     const sessions = yield* Sessions
     const queue = yield* TaskQueue
@@ -41,7 +41,7 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
       .handle("register", ({ payload }) =>
         Effect.flatMap(CurrentPrincipal, (principal) => sessions.register(principal, payload)))
       .handle("stream", ({ path }) =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           yield* ownSession(path.sessionId)
           const keepalive = Stream.repeatValue(Sse.comment("keepalive")).pipe(
             Stream.schedule(Schedule.spaced(config.keepaliveInterval))
@@ -58,12 +58,13 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
           return Sse.response(body)
         }))
       .handle("heartbeat", ({ path }) =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           yield* ownSession(path.sessionId)
           yield* registry.heartbeat(path.sessionId)
           return { ok: true as const }
         }))
-      .handle("goodbye", ({ path }) => Effect.zipRight(ownSession(path.sessionId), sessions.close(path.sessionId)))
+      .handle("goodbye", ({ path }) =>
+        Effect.zipRight(ownSession(path.sessionId), sessions.close(path.sessionId)))
       .handle("ack", ({ path, payload }) =>
         Effect.zipRight(ownSession(path.sessionId), notHeld(queue.ack(path.sessionId, path.taskId, payload?.attempt))))
       .handle("chunks", ({ path, payload }) =>
@@ -78,7 +79,9 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
           notHeld(queue.complete(
             path.sessionId,
             path.taskId,
-            payload?.body === undefined ? { status: payload?.status ?? 200 } : { status: payload.status, body: payload.body },
+            payload?.body === undefined
+              ? { status: payload?.status ?? 200 }
+              : { status: payload.status, body: payload.body },
             payload?.attempt
           ))
         ))

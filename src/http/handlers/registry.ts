@@ -4,7 +4,7 @@ import { Registry } from "../../registry/Registry.js"
 import { RelayApi } from "../Api.js"
 
 export const RegistryLive = HttpApiBuilder.group(RelayApi, "registry", (handlers) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const registry = yield* Registry
     return handlers
       .handle("list", () => Effect.map(registry.list, (data) => ({ data })))

@@ -25,7 +25,7 @@ const updateEvent = (update: TaskUpdate): string => {
 }
 
 export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const relay = yield* Relay
     const config = yield* RelayConfig
     // a task may wait an hour for a publisher: keep proxies from cutting the quiet stream
@@ -47,7 +47,8 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
               HttpServerResponse.unsafeJson(Schema.encodeSync(Task)(task), {
                 status: 202,
                 headers: { "x-relay-task-id": task.id }
-              }))
+              })
+            )
           )))
       .handle("list", ({ urlParams }) =>
         Effect.flatMap(CurrentPrincipal, (principal) =>
@@ -57,17 +58,19 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
             ...(urlParams.cursor !== undefined && urlParams.cursor !== "" ? { cursor: urlParams.cursor } : {}),
             limit: urlParams.limit === "" ? 50 : urlParams.limit
           })))
-      .handle("get", ({ path }) => Effect.flatMap(CurrentPrincipal, (principal) => relay.get(principal, TaskId.make(path.id))))
+      .handle("get", ({ path }) =>
+        Effect.flatMap(CurrentPrincipal, (principal) => relay.get(principal, TaskId.make(path.id))))
       .handle("wait", ({ path, urlParams }) =>
-        Effect.flatMap(CurrentPrincipal, (principal) => relay.wait(principal, TaskId.make(path.id), urlParams.timeoutMs)))
+        Effect.flatMap(CurrentPrincipal, (principal) =>
+          relay.wait(principal, TaskId.make(path.id), urlParams.timeoutMs)))
       .handle("events", ({ path }) =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           const principal = yield* CurrentPrincipal
           const updates = yield* relay.follow(principal, TaskId.make(path.id))
           return Sse.response(Stream.merge(Stream.map(updates, updateEvent), keepalive, { haltStrategy: "left" }))
         }))
       .handle("cancel", ({ path }) =>
-        Effect.gen(function* () {
+        Effect.gen(function*() {
           const principal = yield* CurrentPrincipal
           return yield* relay.cancel(principal, TaskId.make(path.id))
         }))

@@ -4,7 +4,7 @@ import { Tokens } from "../../tokens/Tokens.js"
 import { RelayApi } from "../Api.js"
 
 export const TokensLive = HttpApiBuilder.group(RelayApi, "tokens", (handlers) =>
-  Effect.gen(function* () {
+  Effect.gen(function*() {
     const tokens = yield* Tokens
     return handlers
       .handle("create", ({ payload }) => tokens.create(payload))
