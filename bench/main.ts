@@ -710,12 +710,16 @@ const main = async () => {
     const cpuAtStart = busy.map(cpuSeconds)
     if (only.has("guard")) {
       const streamBody = JSON.stringify({ ...chat, stream: true, max_tokens: 200 })
-      results.guard = await measure({
-        sendRequest: () => request(relayed, { headers, body: chatText, timeoutMs: 60_000 }),
-        sendStream: () => request(relayed, { headers, body: streamBody, timeoutMs: 60_000 }),
-        broker: broker.pid,
-        publisher: publisher.child.pid!
-      }, { warmupSeconds: 16, rounds: writeBaseline ? 5 : 3, secondsPerPhase: 5 })
+      results.guard = await measure(
+        {
+          sendRequest: () => request(relayed, { headers, body: chatText, timeoutMs: 60_000 }),
+          sendStream: () => request(relayed, { headers, body: streamBody, timeoutMs: 60_000 }),
+          broker: broker.pid,
+          publisher: publisher.child.pid!
+        },
+        { minWarmupSeconds: 60, warmupSeconds: 120, rounds: writeBaseline ? 5 : 3, secondsPerPhase: 6 },
+        writeBaseline ? undefined : readBaseline()
+      )
     }
     if (only.has("overhead")) results.overhead = await overhead(direct, relayed, headers, busy, meters)
     if (only.has("streaming")) results.streaming = await streaming(direct, relayed, headers, busy)
