@@ -717,7 +717,12 @@ const main = async () => {
           broker: broker.pid,
           publisher: publisher.child.pid!
         },
-        { minWarmupSeconds: 60, warmupSeconds: 120, rounds: writeBaseline ? 5 : 3, secondsPerPhase: 6 },
+        {
+          minWarmupSeconds: 60,
+          warmupSeconds: 120,
+          rounds: Number(option("--rounds") ?? (writeBaseline ? 9 : 3)),
+          secondsPerPhase: 6
+        },
         writeBaseline ? undefined : readBaseline()
       )
     }
