@@ -112,10 +112,11 @@ describe("chat completions through a publisher", () => {
         chunks: [pretty("one ", "\n"), pretty("two", "\r\n")],
         attempt: task.attempt
       })
-      // a result with no body at all: status 200, the stream's end
+      // a result carrying only its attempt (no status, no body): 200, the stream's end
       const end = await publisher.request(
         "POST",
-        `/v1/publishers/sessions/${publisher.sessionId}/tasks/${task.taskId}/result`
+        `/v1/publishers/sessions/${publisher.sessionId}/tasks/${task.taskId}/result`,
+        { attempt: task.attempt }
       )
       assert.strictEqual(end.status, 204, await end.clone().text())
     })

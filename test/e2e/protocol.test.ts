@@ -166,6 +166,38 @@ describe("publisher posts", () => {
     assert.strictEqual(bye.status, 204)
   })
 
+  it("every post must carry the frame's attempt: without it 400 BadRequest naming attempt, and the task is untouched", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const created = await createTask(name)
+    const task = await publisher.nextTask()
+    const bodies = {
+      ack: undefined,
+      chunks: { chunks: [chunk("x")] },
+      result: { body: completion("taken for the current attempt") },
+      error: { message: "upstream broke" }
+    } as const
+    for (const [what, body] of Object.entries(bodies)) {
+      const post = await publisher.request(
+        "POST",
+        `/v1/publishers/sessions/${publisher.sessionId}/tasks/${task.taskId}/${what}`,
+        body
+      )
+      assert.strictEqual(post.status, 400, what)
+      const wire = (await post.json()) as { error: { type: string; message: string } }
+      assert.strictEqual(wire.error.type, "BadRequest", what)
+      assert.match(wire.error.message, /attempt/, what)
+    }
+    const still = await call(`/v1/tasks/${created.body.id}`, { token: clientToken })
+    assert.deepStrictEqual([still.body.status, still.body.responseBody], ["claimed", null])
+    // with it, the same post is taken
+    assert.strictEqual(
+      (await publisher.post(task.taskId, "result", { body: completion("ok"), attempt: task.attempt })).status,
+      204
+    )
+    publisher.disconnect()
+  })
+
   it("a post for a task that has ended is 409 TaskNotHeld", async () => {
     const name = unique("llm")
     const publisher = await online([{ name }])

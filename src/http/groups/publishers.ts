@@ -6,26 +6,29 @@ import { storable } from "./storable.js"
 
 const SessionPath = storable(Schema.Struct({ sessionId: Schema.String }))
 const TaskPath = storable(Schema.Struct({ sessionId: Schema.String, taskId: Schema.String }))
-const Attempt = Schema.optional(
-  Schema.Int.pipe(Schema.positive({ message: () => "attempt must be a positive integer" }))
+/**
+ * The frame's `attempt`, on every post (PROTOCOL v1.1): it fences a post to
+ * the dispatch it answers, so work of an earlier attempt that still posts
+ * after a sticky reconnect is stale (409), never taken for the current one.
+ */
+const Attempt = Schema.Int.pipe(
+  Schema.positive({ message: () => "attempt must be a positive integer" }),
+  Schema.annotations({ missingMessage: () => "attempt is required: the attempt of the task frame this post answers" })
 )
 const HttpStatus = Schema.Int.pipe(
   Schema.between(100, 599, { message: () => "status must be an HTTP status (100-599)" })
 )
 
-/** An empty body (`null` once parsed) is as good as `{}`. */
-const orEmpty = <A, I>(schema: Schema.Schema<A, I>) => Schema.Union(schema, Schema.Null)
-
-export const AckPayload = orEmpty(Schema.Struct({ attempt: Attempt }))
+export const AckPayload = Schema.Struct({ attempt: Attempt })
 export const ChunksPayload = Schema.Struct({
   chunks: Schema.Array(Schema.String).pipe(Schema.maxItems(10_000)),
   attempt: Attempt
 })
-export const ResultPayload = orEmpty(Schema.Struct({
+export const ResultPayload = Schema.Struct({
   status: Schema.optionalWith(HttpStatus, { default: () => 200 }),
   body: Schema.optional(Schema.Unknown),
   attempt: Attempt
-}))
+})
 export const ErrorPayload = Schema.Struct({
   message: Schema.String.pipe(Schema.maxLength(65_536)),
   status: Schema.optionalWith(HttpStatus, { default: () => 502 }),

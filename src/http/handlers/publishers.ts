@@ -66,7 +66,7 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
       .handle("goodbye", ({ path }) =>
         Effect.zipRight(ownSession(path.sessionId), sessions.close(path.sessionId)))
       .handle("ack", ({ path, payload }) =>
-        Effect.zipRight(ownSession(path.sessionId), notHeld(queue.ack(path.sessionId, path.taskId, payload?.attempt))))
+        Effect.zipRight(ownSession(path.sessionId), notHeld(queue.ack(path.sessionId, path.taskId, payload.attempt))))
       .handle("chunks", ({ path, payload }) =>
         Effect.zipRight(
           ownSession(path.sessionId),
@@ -75,14 +75,12 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
       .handle("result", ({ path, payload }) =>
         Effect.zipRight(
           ownSession(path.sessionId),
-          // an empty body is a bare 200 (a streamed task's end)
+          // no body: a bare 200 (a streamed task's end)
           notHeld(queue.complete(
             path.sessionId,
             path.taskId,
-            payload?.body === undefined
-              ? { status: payload?.status ?? 200 }
-              : { status: payload.status, body: payload.body },
-            payload?.attempt
+            payload.body === undefined ? { status: payload.status } : { status: payload.status, body: payload.body },
+            payload.attempt
           ))
         ))
       .handle("error", ({ path, payload }) =>
