@@ -187,6 +187,17 @@ const rootOwnedDir = (name: string) => {
   return Path.join(ROOT_OWNED, name)
 }
 
+/** The version of the platform package that holds `native/`, or its path when it has none. */
+const packageVersion = (native: string): string => {
+  try {
+    const manifest: unknown = JSON.parse(Fs.readFileSync(Path.join(native, "..", "package.json"), "utf8"))
+    if (Predicate.hasProperty(manifest, "version") && typeof manifest.version === "string") return manifest.version
+  } catch {
+    // no manifest: fall back to the path
+  }
+  return Fs.realpathSync(native)
+}
+
 /**
  * The binaries where `runAs` can run them: in place, or copied once (atomically:
  * a copy under a temporary name, then a rename) next to our root-owned data.
@@ -196,7 +207,8 @@ const reachableBinaries = (binaries: Binaries, runAs: RunAs) =>
     try: (): Binaries => {
       if (canRun(runAs, binaries.initdb)) return binaries
       const native = Path.dirname(Path.dirname(binaries.initdb))
-      const target = rootOwnedDir(`postgres-${hashOf(Fs.realpathSync(native))}`)
+      // one copy per binaries' version, whichever clone installed it (not one per clone)
+      const target = rootOwnedDir(`postgres-${hashOf(`${Os.platform()}-${Os.arch()}-${packageVersion(native)}`)}`)
       const moved = {
         initdb: Path.join(target, Path.relative(native, binaries.initdb)),
         postgres: Path.join(target, Path.relative(native, binaries.postgres))

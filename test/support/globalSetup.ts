@@ -26,7 +26,18 @@ export default async function setup(project: TestProject) {
   const scope = Effect.runSync(Scope.make())
   const server = await Effect.runPromise(
     Embedded.start({ dataDir: dir, ephemeral: true }).pipe(Scope.extend(scope))
-  )
+  ).catch(async (error: unknown) => {
+    // vitest shows nothing of a failed global setup but its exit code: say why here
+    console.error(
+      `\nllm-relay tests: the embedded PostgreSQL did not start: ${
+        error instanceof Error ? error.message : String(error)
+      }\n` +
+        "(set DATABASE_URL to run the tests on a PostgreSQL server of your own)\n"
+    )
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    Fs.rmSync(dir, { recursive: true, force: true })
+    throw error
+  })
   project.provide("databaseUrl", Redacted.value(server.url))
   return async () => {
     await Effect.runPromise(Scope.close(scope, Exit.void))
