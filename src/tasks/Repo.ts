@@ -8,7 +8,7 @@
  * `bigint` as a string); a row that does not decode is a defect.
  */
 import { SqlClient, SqlSchema, type Statement } from "@effect/sql"
-import { Context, Effect, Layer, Option, Schema } from "effect"
+import { Context, Effect, Layer, Option, Schema, Struct } from "effect"
 import { Task, TaskId, TaskStatus } from "../domain/Task.js"
 
 /** A row of `llm_relay.inference_tasks` as the database returns it (names camel-cased). */
@@ -82,19 +82,22 @@ export const Moved = Schema.Struct({
 })
 export type Moved = typeof Moved.Type
 
-/** A new pending task, as `insert` stores it. */
+/** A new pending task, as `insert` stores it: the columns a client's request sets. */
 export const NewTask = Schema.Struct({
-  id: Schema.String,
-  pool: Schema.String,
-  llmName: Schema.NullOr(Schema.String),
-  model: Schema.String,
-  tier: Schema.NullOr(Schema.String),
-  path: Schema.String,
-  streaming: Schema.Boolean,
-  priority: Schema.Int,
-  requestBody: Schema.Unknown,
-  ownerId: Schema.String,
-  agentId: Schema.NullOr(Schema.String)
+  ...Struct.pick(
+    TaskRow.fields,
+    "pool",
+    "llmName",
+    "model",
+    "tier",
+    "path",
+    "streaming",
+    "priority",
+    "requestBody",
+    "ownerId",
+    "agentId"
+  ),
+  id: Schema.String
 })
 export type NewTask = typeof NewTask.Type
 
