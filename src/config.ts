@@ -16,7 +16,14 @@ export interface RelayConfigShape {
   readonly sweepInterval: Duration.Duration
   readonly keepaliveInterval: Duration.Duration
   readonly syncTimeout: Duration.Duration
-  /** How often a waiter re-checks its task when no signal came. */
+  /**
+   * How long a pool counts as reconnecting after its last online member went
+   * away without a goodbye: calls queue and wait for a member to come back.
+   */
+  readonly reconnectGrace: Duration.Duration
+  /** A streaming call still queued after this long gets its 200 headers and `: queued` comments. */
+  readonly queuedHeadersAfter: Duration.Duration
+  /** How often a waiter re-checks its task when no signal came (signals wake it; this is the safety net). */
   readonly pollInterval: Duration.Duration
   /**
    * How often an idle session actor looks for work when no signal came. Every
@@ -41,7 +48,9 @@ export const defaults: RelayConfigShape = {
   sweepInterval: Duration.seconds(15),
   keepaliveInterval: Duration.seconds(15),
   syncTimeout: Duration.seconds(600),
-  pollInterval: Duration.seconds(5),
+  reconnectGrace: Duration.seconds(15),
+  queuedHeadersAfter: Duration.seconds(3),
+  pollInterval: Duration.seconds(30),
   sessionPollInterval: Duration.seconds(60),
   maxAttempts: 3,
   maxBodyBytes: 8 * 1024 * 1024,
@@ -67,6 +76,8 @@ export const fromEnv: Config.Config<RelayConfigShape> = Config.all({
   sweepInterval: duration("RELAY_SWEEP_INTERVAL", defaults.sweepInterval),
   keepaliveInterval: duration("RELAY_KEEPALIVE_INTERVAL", defaults.keepaliveInterval),
   syncTimeout: duration("RELAY_SYNC_TIMEOUT", defaults.syncTimeout),
+  reconnectGrace: duration("RELAY_RECONNECT_GRACE", defaults.reconnectGrace),
+  queuedHeadersAfter: duration("RELAY_QUEUED_HEADERS_AFTER", defaults.queuedHeadersAfter),
   pollInterval: duration("RELAY_POLL_INTERVAL", defaults.pollInterval),
   sessionPollInterval: duration("RELAY_SESSION_POLL_INTERVAL", defaults.sessionPollInterval),
   maxAttempts: integer("RELAY_MAX_ATTEMPTS", defaults.maxAttempts),

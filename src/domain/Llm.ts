@@ -21,7 +21,10 @@ export type LlmKind = typeof LlmKind.Type
 export const LlmStatus = Schema.Literal("active", "inactive")
 export type LlmStatus = typeof LlmStatus.Type
 
-/** The `Llm` view of PROTOCOL.md (absent values are `null`). */
+/**
+ * The `Llm` view of PROTOCOL.md (absent values are `null`). A virtual row is
+ * online when it is `active`, `healthy` and its session's task stream is open.
+ */
 export class Llm extends Schema.Class<Llm>("Llm")({
   id: LlmId,
   name: Schema.String,
@@ -32,6 +35,8 @@ export class Llm extends Schema.Class<Llm>("Llm")({
   tier: Schema.String,
   description: Schema.String,
   status: LlmStatus,
+  /** The publisher's last word on its upstream: an unhealthy row stays active but gets no tasks. */
+  healthy: Schema.Boolean,
   providerSessionId: Schema.NullOr(Schema.String),
   lastHeartbeatAt: Schema.NullOr(Schema.Date),
   inactiveSince: Schema.NullOr(Schema.Date),
@@ -54,6 +59,12 @@ export const LlmRow = Schema.Struct({
   description: Schema.String,
   providerSessionId: Schema.NullOr(Schema.String),
   status: LlmStatus,
+  /** Its session's task stream is open (on some instance). */
+  streamOpen: Schema.Boolean,
+  healthy: Schema.Boolean,
+  healthReason: Schema.NullOr(Schema.String),
+  /** Since when it has not been online without a goodbye (NULL when online or after a goodbye). */
+  downSince: Schema.NullOr(Schema.DateFromSelf),
   lastHeartbeatAt: Schema.NullOr(Schema.DateFromSelf),
   inactiveSince: Schema.NullOr(Schema.DateFromSelf),
   maxConcurrent: Schema.Int,
@@ -73,6 +84,7 @@ export const llmFromRow = (row: LlmRow): Llm =>
     tier: row.tier,
     description: row.description,
     status: row.status,
+    healthy: row.healthy,
     providerSessionId: row.providerSessionId,
     lastHeartbeatAt: row.lastHeartbeatAt,
     inactiveSince: row.inactiveSince,
@@ -148,5 +160,7 @@ export interface PublisherSession {
   readonly id: SessionId
   readonly principalId: string
   readonly instanceId: string | null
+  /** The instance holding its task stream; null while none is open. */
+  readonly streamInstanceId: string | null
   readonly lastHeartbeatAt: Date
 }

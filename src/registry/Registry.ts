@@ -43,15 +43,18 @@ export interface RegistryShape {
   readonly heartbeat: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>, SessionNotFound>
   /** The session's stream opened: its rows are online. */
   readonly bindSession: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>>
-  /** The session's stream closed (or it said goodbye, or went silent): rows inactive at once. */
-  readonly unbindSession: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>>
+  /**
+   * The session's stream closed (or it said goodbye, or went silent): rows
+   * inactive at once. Without a goodbye its pools are reconnecting for the grace.
+   */
+  readonly unbindSession: (sessionId: string, goodbye: boolean) => Effect.Effect<ReadonlyArray<Llm>>
   /** At start: rows of sessions that only a dead broker process served are offline until they reconnect. */
   readonly recoverAfterRestart: () => Effect.Effect<ReadonlyArray<Llm>>
   readonly gcSweep: Effect.Effect<SweepResult>
   readonly list: Effect.Effect<ReadonlyArray<Llm>>
   readonly findByName: (name: string) => Effect.Effect<Option.Option<Llm>>
-  /** The rows a `model` names: the row of that name, or every member of that pool. */
-  readonly resolve: (name: string) => Effect.Effect<ReadonlyArray<Llm>>
+  /** The rows a `model` names, as stored: the row of that name, or every member of that pool. */
+  readonly resolve: (name: string) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly llmsOfSession: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>>
   readonly findSession: (sessionId: string) => Effect.Effect<Option.Option<PublisherSession>>
   readonly getSession: (sessionId: string) => Effect.Effect<PublisherSession, SessionNotFound>
@@ -116,16 +119,18 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
           if (Option.isSome(conflict)) return yield* conflict.value
         }
         yield* repo.upsertSession(sessionId, principalId, instanceId, at)
+        // rows registered while the session streams are online at once; otherwise reconnecting until it opens
+        const streamOpen = Option.isSome(existingSession) && existingSession.value.streamInstanceId !== null
         // Sorted so that two registrations touching the same new names take
         // the unique-index locks in one order and cannot deadlock.
         const byName = new Map<string, LlmRow>()
         for (const spec of [...request.providers].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
           const current = existing.get(spec.name)
           if (current !== undefined) {
-            byName.set(spec.name, yield* repo.claimRow(current.id, spec, sessionId, at))
+            byName.set(spec.name, yield* repo.claimRow(current.id, spec, sessionId, streamOpen, at))
             continue
           }
-          const inserted = yield* repo.insertVirtual(spec, sessionId, at)
+          const inserted = yield* repo.insertVirtual(spec, sessionId, streamOpen, at)
           if (Option.isNone(inserted)) {
             // Another registration inserted this name after our lock read.
             return yield* new NameConflict({
@@ -165,12 +170,12 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
 
   /** The session's stream opened: its rows are online. */
   const bindSession = Effect.fn("Registry.bindSession")(function*(sessionId: string) {
-    return toLlms(yield* repo.activateSession(sessionId, yield* now))
+    return toLlms(yield* repo.activateSession(sessionId, instanceId, yield* now))
   })
 
   /** The session's stream closed (or it said goodbye, or went silent): rows inactive at once. */
-  const unbindSession = Effect.fn("Registry.unbindSession")(function*(sessionId: string) {
-    return toLlms(yield* repo.deactivateSession(sessionId, yield* now))
+  const unbindSession = Effect.fn("Registry.unbindSession")(function*(sessionId: string, goodbye: boolean) {
+    return toLlms(yield* repo.deactivateSession(sessionId, goodbye, yield* now))
   })
 
   /** At start: rows of sessions that only a dead broker process served are offline until they reconnect. */
@@ -206,7 +211,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
   const list: Effect.Effect<ReadonlyArray<Llm>> = Effect.map(repo.all, toLlms)
   const findByName = (name: string) => Effect.map(repo.findByName(name), Option.map(llmFromRow))
   /** The rows a `model` names: the row of that name, or every member of that pool. */
-  const resolve = (name: string) => Effect.map(repo.findByNameOrPool(name), toLlms)
+  const resolve = (name: string) => repo.findByNameOrPool(name)
   const llmsOfSession = (sessionId: string) => Effect.map(repo.findBySession(sessionId), toLlms)
 
   return {

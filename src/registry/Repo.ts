@@ -15,6 +15,7 @@ const SessionRow = Schema.Struct({
   id: SessionId,
   principalId: Schema.String,
   instanceId: Schema.NullOr(Schema.String),
+  streamInstanceId: Schema.NullOr(Schema.String),
   lastHeartbeatAt: Schema.DateFromSelf
 })
 
@@ -38,17 +39,30 @@ export interface RegistryRepoShape {
   /** Locks the named rows so concurrent registrations of one name serialize. */
   readonly lockByNames: (names: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<LlmRow>>
   /** Insert a new virtual row; `None` when a concurrent registration took the name first. */
-  readonly insertVirtual: (spec: ProviderSpec, sessionId: string, now: Date) => Effect.Effect<Option.Option<LlmRow>>
-  /** Update in place or adopt: same `id`, now owned by `sessionId` and active. */
-  readonly claimRow: (id: string, spec: ProviderSpec, sessionId: string, now: Date) => Effect.Effect<LlmRow>
+  readonly insertVirtual: (
+    spec: ProviderSpec,
+    sessionId: string,
+    streamOpen: boolean,
+    now: Date
+  ) => Effect.Effect<Option.Option<LlmRow>>
+  /** Update in place or adopt: same `id`, now owned by `sessionId`, active and healthy. */
+  readonly claimRow: (
+    id: string,
+    spec: ProviderSpec,
+    sessionId: string,
+    streamOpen: boolean,
+    now: Date
+  ) => Effect.Effect<LlmRow>
   readonly deactivateUnlisted: (
     sessionId: string,
     keep: ReadonlyArray<string>,
     now: Date
   ) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly heartbeat: (sessionId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
-  readonly activateSession: (sessionId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
-  readonly deactivateSession: (sessionId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  /** The session's stream opened on `instanceId`: its rows are active and streaming. */
+  readonly activateSession: (sessionId: string, instanceId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  /** The session's stream is gone: rows inactive; `goodbye` says whether it left on purpose (no grace). */
+  readonly deactivateSession: (sessionId: string, goodbye: boolean, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly deactivateForeign: (instanceId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly deactivateStale: (heartbeatCutoff: Date, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly deleteExpiredInactive: (inactiveCutoff: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
@@ -108,33 +122,44 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
   )
 
   const insertVirtualRow = llmRow(
-    Schema.Struct({ spec: Provider, sessionId: Schema.String, now: At }),
-    ({ now, sessionId, spec }) =>
+    Schema.Struct({ spec: Provider, sessionId: Schema.String, streamOpen: Schema.Boolean, now: At }),
+    ({ now, sessionId, spec, streamOpen }) =>
       sql`
       INSERT INTO llm_relay.llms (id, name, kind, type, model, pool, tier, description, provider_session_id,
-                        status, last_heartbeat_at, inactive_since, max_concurrent, created_at, updated_at)
+                        status, last_heartbeat_at, inactive_since, max_concurrent, created_at, updated_at,
+                        stream_open, healthy, down_since)
       VALUES (${Crypto.randomUUID()}, ${spec.name}, 'virtual', ${spec.type}, ${spec.model},
               ${spec.pool ?? spec.name}, ${spec.tier}, ${spec.description}, ${sessionId},
-              'active', ${now}, NULL, ${spec.maxConcurrent}, ${now}, ${now})
+              'active', ${now}, NULL, ${spec.maxConcurrent}, ${now}, ${now},
+              ${streamOpen}, true, ${streamOpen ? null : now})
       ON CONFLICT (name) DO NOTHING
       RETURNING *`
   )
-  const insertVirtual = (spec: ProviderSpec, sessionId: string, now: Date) => insertVirtualRow({ spec, sessionId, now })
+  const insertVirtual = (spec: ProviderSpec, sessionId: string, streamOpen: boolean, now: Date) =>
+    insertVirtualRow({ spec, sessionId, streamOpen, now })
 
   const claimLlmRow = SqlSchema.single({
-    Request: Schema.Struct({ id: Schema.String, spec: Provider, sessionId: Schema.String, now: At }),
+    Request: Schema.Struct({
+      id: Schema.String,
+      spec: Provider,
+      sessionId: Schema.String,
+      streamOpen: Schema.Boolean,
+      now: At
+    }),
     Result: LlmRow,
-    execute: ({ id, now, sessionId, spec }) =>
+    execute: ({ id, now, sessionId, spec, streamOpen }) =>
       sql`
       UPDATE llm_relay.llms SET type = ${spec.type}, model = ${spec.model}, pool = ${spec.pool ?? spec.name},
         tier = ${spec.tier}, description = ${spec.description}, max_concurrent = ${spec.maxConcurrent},
         provider_session_id = ${sessionId}, status = 'active', last_heartbeat_at = ${now},
-        inactive_since = NULL, version = version + 1, updated_at = ${now}
+        inactive_since = NULL, version = version + 1, updated_at = ${now},
+        stream_open = ${streamOpen}, healthy = true, health_reason = NULL,
+        down_since = CASE WHEN ${streamOpen} THEN NULL ELSE COALESCE(down_since, ${now}) END
       WHERE id = ${id} AND kind = 'virtual'
       RETURNING *`
   })
-  const claimRow = (id: string, spec: ProviderSpec, sessionId: string, now: Date) =>
-    Effect.orDie(claimLlmRow({ id, spec, sessionId, now }))
+  const claimRow = (id: string, spec: ProviderSpec, sessionId: string, streamOpen: boolean, now: Date) =>
+    Effect.orDie(claimLlmRow({ id, spec, sessionId, streamOpen, now }))
 
   /**
    * Rows the session held but no longer lists go inactive and leave the
@@ -145,7 +170,7 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
     Schema.Struct({ sessionId: Schema.String, keep: Schema.Array(Schema.String), now: At }),
     ({ keep, now, sessionId }) =>
       sql`
-      UPDATE llm_relay.llms SET provider_session_id = NULL, updated_at = ${now},
+      UPDATE llm_relay.llms SET provider_session_id = NULL, updated_at = ${now}, stream_open = false, down_since = NULL,
         status = 'inactive', inactive_since = CASE WHEN status = 'active' THEN ${now} ELSE inactive_since END
       WHERE provider_session_id = ${sessionId} AND kind = 'virtual'
         AND NOT (name = ANY(${keep}))
@@ -162,33 +187,65 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
   const heartbeatRows = llmRows(SessionAt, ({ now, sessionId }) =>
     sql`
       UPDATE llm_relay.llms SET last_heartbeat_at = ${now}, status = 'active', inactive_since = NULL,
-        updated_at = CASE WHEN status = 'inactive' THEN ${now} ELSE updated_at END
+        updated_at = CASE WHEN status = 'inactive' THEN ${now} ELSE updated_at END,
+        down_since = CASE WHEN stream_open AND healthy THEN NULL ELSE COALESCE(down_since, ${now}) END
       WHERE provider_session_id = ${sessionId} AND kind = 'virtual'
       RETURNING *`)
   const heartbeat = (sessionId: string, now: Date) =>
     Effect.zipRight(Effect.orDie(touchSession({ sessionId, now })), heartbeatRows({ sessionId, now }))
 
-  const activateRows = llmRows(SessionAt, ({ now, sessionId }) =>
-    sql`
-      UPDATE llm_relay.llms SET status = 'active', inactive_since = NULL, last_heartbeat_at = ${now}, updated_at = ${now}
+  /** The session row records the instance holding its stream; its rows are active and streaming. */
+  const activateRows = llmRows(
+    Schema.Struct({ sessionId: Schema.String, instanceId: Schema.String, now: At }),
+    ({ instanceId, now, sessionId }) =>
+      sql`
+      WITH s AS (
+        UPDATE llm_relay.publisher_sessions SET stream_instance_id = ${instanceId}, connected_at = ${now}
+        WHERE id = ${sessionId}
+      )
+      UPDATE llm_relay.llms SET status = 'active', inactive_since = NULL, last_heartbeat_at = ${now}, updated_at = ${now},
+        stream_open = true, down_since = CASE WHEN healthy THEN NULL ELSE COALESCE(down_since, ${now}) END
       WHERE provider_session_id = ${sessionId} AND kind = 'virtual'
-      RETURNING *`)
-  const activateSession = (sessionId: string, now: Date) => activateRows({ sessionId, now })
+      RETURNING *`
+  )
+  const activateSession = (sessionId: string, instanceId: string, now: Date) =>
+    activateRows({ sessionId, instanceId, now })
 
-  /** Only rows still active flip, so `inactive_since` keeps the first moment. */
-  const deactivateRows = llmRows(SessionAt, ({ now, sessionId }) =>
-    sql`
-      UPDATE llm_relay.llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
-      WHERE provider_session_id = ${sessionId} AND kind = 'virtual' AND status = 'active'
-      RETURNING *`)
-  const deactivateSession = (sessionId: string, now: Date) => deactivateRows({ sessionId, now })
+  /**
+   * Every row of the session stops streaming; rows still active go inactive
+   * (so `inactive_since` keeps the first moment). A goodbye clears
+   * `down_since` (no grace: the pool is offline at once); a lost stream keeps
+   * the first moment it went down.
+   */
+  const deactivateRows = llmRows(
+    Schema.Struct({ sessionId: Schema.String, goodbye: Schema.Boolean, now: At }),
+    ({ goodbye, now, sessionId }) =>
+      sql`
+      WITH s AS (
+        UPDATE llm_relay.publisher_sessions SET stream_instance_id = NULL WHERE id = ${sessionId}
+      )
+      UPDATE llm_relay.llms SET status = 'inactive', stream_open = false,
+        inactive_since = CASE WHEN status = 'active' THEN ${now} ELSE inactive_since END,
+        updated_at = ${now},
+        down_since = CASE WHEN ${goodbye} THEN NULL ELSE COALESCE(down_since, ${now}) END
+      WHERE provider_session_id = ${sessionId} AND kind = 'virtual'
+        AND (status = 'active' OR stream_open OR down_since IS NOT NULL)
+      RETURNING *`
+  )
+  const deactivateSession = (sessionId: string, goodbye: boolean, now: Date) =>
+    deactivateRows({ sessionId, goodbye, now })
 
   /** After a restart: rows of sessions no live broker serves (not of this instance) go inactive. */
   const deactivateForeignRows = llmRows(
     Schema.Struct({ instanceId: Schema.String, now: At }),
     ({ instanceId, now }) =>
       sql`
-      UPDATE llm_relay.llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
+      WITH s AS (
+        UPDATE llm_relay.publisher_sessions SET stream_instance_id = NULL
+        WHERE stream_instance_id IS DISTINCT FROM ${instanceId} AND stream_instance_id IS NOT NULL
+      )
+      UPDATE llm_relay.llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now},
+        stream_open = false, down_since = COALESCE(down_since, ${now})
       WHERE kind = 'virtual' AND status = 'active'
         AND (provider_session_id IS NULL OR provider_session_id NOT IN
              (SELECT id FROM llm_relay.publisher_sessions WHERE instance_id = ${instanceId}))
@@ -201,7 +258,8 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
     Schema.Struct({ heartbeatCutoff: At, now: At }),
     ({ heartbeatCutoff, now }) =>
       sql`
-      UPDATE llm_relay.llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now}
+      UPDATE llm_relay.llms SET status = 'inactive', inactive_since = ${now}, updated_at = ${now},
+        stream_open = false, down_since = COALESCE(down_since, ${now})
       WHERE kind = 'virtual' AND status = 'active' AND last_heartbeat_at < ${heartbeatCutoff}
       RETURNING *`
   )
@@ -236,7 +294,7 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
     Request: Schema.String,
     Result: SessionRow,
     execute: (sessionId) =>
-      sql`SELECT id, principal_id, instance_id, last_heartbeat_at FROM llm_relay.publisher_sessions WHERE id = ${sessionId}`
+      sql`SELECT id, principal_id, instance_id, stream_instance_id, last_heartbeat_at FROM llm_relay.publisher_sessions WHERE id = ${sessionId}`
   })
   const findSession = (sessionId: string) => Effect.orDie(findSessionRow(sessionId))
 
@@ -244,7 +302,7 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
     Request: Schema.String,
     Result: SessionRow,
     execute: (sessionId) =>
-      sql`SELECT id, principal_id, instance_id, last_heartbeat_at FROM llm_relay.publisher_sessions WHERE id = ${sessionId} FOR UPDATE`
+      sql`SELECT id, principal_id, instance_id, stream_instance_id, last_heartbeat_at FROM llm_relay.publisher_sessions WHERE id = ${sessionId} FOR UPDATE`
   })
   const lockSession = (sessionId: string) => Effect.orDie(lockSessionRow(sessionId))
 

@@ -37,6 +37,9 @@ import { TaskQueue } from "../tasks/TaskQueue.js"
 
 type RegisterError = Effect.Effect.Error<ReturnType<Context.Tag.Service<Registry>["register"]>>
 
+/** Why a session ends: it said goodbye, or it was lost (stream, heartbeat or claim acknowledgement). */
+export type CloseReason = "goodbye" | "lost"
+
 export interface SessionsShape {
   /** Register (or re-register) a session's providers; an open stream of the session follows its new rows' pools. */
   readonly register: (principal: Principal, request: unknown) => Effect.Effect<Registration, RegisterError>
@@ -48,8 +51,12 @@ export interface SessionsShape {
    * stream has replaced this one.
    */
   readonly open: (sessionId: string) => Effect.Effect<Stream.Stream<Frame>, SessionNotFound, Scope.Scope>
-  /** Goodbye or heartbeat timeout: end the stream if open here, and unbind either way. */
-  readonly close: (sessionId: string) => Effect.Effect<void>
+  /**
+   * Goodbye or heartbeat timeout: end the stream if open here, and unbind
+   * either way. After a goodbye its pools are offline at once; a lost session
+   * leaves them reconnecting for the grace.
+   */
+  readonly close: (sessionId: string, reason: CloseReason) => Effect.Effect<void>
   /** Whether the session's stream is open on this broker. */
   readonly isOpen: (sessionId: string) => Effect.Effect<boolean>
 }
@@ -88,19 +95,36 @@ export const make = Effect.gen(function*() {
       }
     })
 
+  /** Calls queued for these rows' pools re-check who serves them. */
+  const poolsChanged = (rows: ReadonlyArray<Llm>) =>
+    Effect.forEach(new Set(rows.map((row) => row.pool)), signals.poolChanged, { discard: true })
+
   const register = (principal: Principal, request: unknown) =>
     Effect.tap(
       registry.register(principal.id, request),
       // an open stream of the session follows its new rows' pools
-      (registration) => signals.publishSession(registration.sessionId, { _tag: "Rows" })
+      (registration) =>
+        Effect.zipRight(
+          signals.publishSession(registration.sessionId, { _tag: "Rows" }),
+          poolsChanged(registration.llms)
+        )
     )
 
+  /**
+   * Sessions whose stream this broker is ending because they said goodbye:
+   * their actor unbinds them as gone for good, not lost.
+   */
+  const goodbyes = new Set<string>()
+
   /** Rows inactive, held tasks reverted: the session is offline. */
-  const unbind = (sessionId: string) =>
+  const unbind = (sessionId: string, goodbye: boolean) =>
     Effect.gen(function*() {
-      yield* registry.unbindSession(sessionId)
+      const rows = yield* registry.unbindSession(sessionId, goodbye)
       const reverted = yield* queue.revertHeldBy(sessionId)
-      yield* Effect.logDebug(`session ${sessionId} offline; ${reverted} held task(s) reverted or failed`)
+      yield* poolsChanged(rows)
+      yield* Effect.logDebug(
+        `session ${sessionId} ${goodbye ? "said goodbye" : "lost"}; ${reverted} held task(s) reverted or failed`
+      )
     })
 
   /** The actor's life: claim what fits, wait for a reason to look again, repeat. */
@@ -123,7 +147,9 @@ export const make = Effect.gen(function*() {
               yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Queue.take(dequeue), lookAgain)))
             }), { discard: true })
         const own = yield* signals.subscribeSession(sessionId)
-        yield* follow(yield* registry.bindSession(sessionId))
+        const bound = yield* registry.bindSession(sessionId)
+        yield* follow(bound)
+        yield* poolsChanged(bound)
         yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(own), (event) => {
           switch (event._tag) {
             case "Cancel":
@@ -185,7 +211,9 @@ export const make = Effect.gen(function*() {
           mailbox.end,
           Effect.suspend(() => {
             const current = FiberMap.unsafeGet(actors, sessionId)
-            return Option.isSome(current) && current.value === self ? unbind(sessionId) : Effect.void
+            if (!(Option.isSome(current) && current.value === self)) return Effect.void
+            const goodbye = goodbyes.delete(sessionId)
+            return unbind(sessionId, goodbye)
           })
         )
       )
@@ -201,10 +229,15 @@ export const make = Effect.gen(function*() {
     return Mailbox.toStream(mailbox)
   })
 
-  const close = Effect.fn("Sessions.close")(function*(sessionId: string) {
+  const close = Effect.fn("Sessions.close")(function*(sessionId: string, reason: CloseReason) {
     // open here: its actor stops and unbinds the session as it goes
-    if (yield* FiberMap.has(actors, sessionId)) return yield* FiberMap.remove(actors, sessionId)
-    yield* unbind(sessionId)
+    if (yield* FiberMap.has(actors, sessionId)) {
+      if (reason === "goodbye") goodbyes.add(sessionId)
+      yield* FiberMap.remove(actors, sessionId)
+      goodbyes.delete(sessionId)
+      return
+    }
+    yield* unbind(sessionId, reason === "goodbye")
   })
 
   const isOpen = (sessionId: string) => FiberMap.has(actors, sessionId)

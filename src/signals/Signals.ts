@@ -35,8 +35,12 @@ export type SessionEvent =
   | { readonly _tag: "Rows" }
 
 export interface SignalsShape {
+  /** The pool has new pending work: its sessions look for it. */
   readonly wakePool: (pool: string) => Effect.Effect<void>
   readonly subscribePool: (pool: string) => Effect.Effect<Queue.Dequeue<void>, never, Scope.Scope>
+  /** A member of the pool came, went or changed health: calls queued for it re-check who serves it. */
+  readonly poolChanged: (pool: string) => Effect.Effect<void>
+  readonly subscribePoolChanges: (pool: string) => Effect.Effect<Queue.Dequeue<void>, never, Scope.Scope>
   readonly publishTask: (taskId: string, event: TaskEvent) => Effect.Effect<void>
   readonly subscribeTask: (taskId: string) => Effect.Effect<Queue.Dequeue<TaskEvent>, never, Scope.Scope>
   readonly publishSession: (sessionId: string, event: SessionEvent) => Effect.Effect<void>
@@ -77,11 +81,14 @@ const keyedHub = <A>() => {
 
 export const makeLocal = Effect.sync((): SignalsShape => {
   const pools = keyedHub<void>()
+  const poolChanges = keyedHub<void>()
   const tasks = keyedHub<TaskEvent>()
   const sessions = keyedHub<SessionEvent>()
   return {
     wakePool: (pool) => pools.publish(pool, undefined),
     subscribePool: pools.subscribe,
+    poolChanged: (pool) => poolChanges.publish(pool, undefined),
+    subscribePoolChanges: poolChanges.subscribe,
     publishTask: tasks.publish,
     subscribeTask: tasks.subscribe,
     publishSession: sessions.publish,

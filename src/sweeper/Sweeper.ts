@@ -23,7 +23,7 @@ export const make = Effect.gen(function*() {
 
   const sweepOnce = Effect.gen(function*() {
     const llms = yield* registry.gcSweep
-    yield* Effect.forEach(llms.staleSessions, sessions.close, { discard: true })
+    yield* Effect.forEach(llms.staleSessions, (id) => sessions.close(id, "lost"), { discard: true })
     const tasks = yield* queue.sweep
     return { llms, tasks }
   }).pipe(Effect.withSpan("Sweeper.sweepOnce"))

@@ -4,7 +4,22 @@
  * synchronous call, and waiting for or following a task of one's own. The
  * HTTP handlers decode, call one of these, and map the answer to the wire.
  */
-import { type Chunk, Context, Data, Duration, Effect, Layer, Option, Ref, type Scope, Stream } from "effect"
+import {
+  type Chunk,
+  Clock,
+  Context,
+  Data,
+  Duration,
+  Effect,
+  Either,
+  Fiber,
+  Layer,
+  Option,
+  Queue,
+  Ref,
+  type Scope,
+  Stream
+} from "effect"
 import { RelayConfig } from "../config.js"
 import type { BadRequest } from "../domain/Errors.js"
 import type { Llm, LlmRow } from "../domain/Llm.js"
@@ -17,12 +32,20 @@ import {
   type TaskId,
   TaskNotFound,
   type TaskPath,
-  Timeout
+  Timeout,
+  UpstreamError
 } from "../domain/Task.js"
 import type { Principal } from "../domain/Token.js"
 import { Registry } from "../registry/Registry.js"
 import { Signals } from "../signals/Signals.js"
-import { type EnqueueRequest, type ListRequest, type Route, TaskQueue, type WaitError } from "./TaskQueue.js"
+import {
+  availability,
+  type EnqueueRequest,
+  type ListRequest,
+  type Route,
+  TaskQueue,
+  type WaitError
+} from "./TaskQueue.js"
 
 /** An entry of the model list (`GET /v1/models`). */
 export interface ModelEntry {
@@ -51,7 +74,7 @@ export interface CallRequest {
   readonly path: TaskPath
   readonly body: Record<string, unknown>
   readonly route: Route
-  /** With nobody online, wait this long for a claim instead of failing at once. */
+  /** With nobody online, wait this long (or the rest of the reconnect grace, if longer) for a publisher. */
   readonly maxWait: Option.Option<Duration.Duration>
   /** How long the answer may take; the configured sync timeout when absent. */
   readonly timeout: Option.Option<Duration.Duration>
@@ -60,14 +83,24 @@ export interface CallRequest {
 /** Why a call failed once its task existed. */
 export type CallError = WaitError | TaskNotFound
 
+/** A streaming call is still queued: its headers went out, its output has not started. */
+export const QUEUED: unique symbol = Symbol.for("llm-relay/Relay/Queued")
+export type Waiting = typeof QUEUED
+/** An item of a streamed answer: a chunk, or a mark that the call still waits in the queue. */
+export type Output = string | Waiting
+
 /** What a synchronous call came to, once its task existed. */
 export type Answer = Data.TaggedEnum<{
   /** The task's whole answer: not streaming, or it ended with a body before any output streamed. */
   Whole: { readonly task: Task }
   /** The call failed (the task ended otherwise, or the wait ran out) before any output streamed. */
   Failed: { readonly taskId: TaskId; readonly error: CallError }
-  /** The output, each chunk once in order; the stream ends when the task completes, or fails with why it did not. */
-  Streaming: { readonly taskId: TaskId; readonly chunks: Stream.Stream<string, WaitError> }
+  /**
+   * The output, each chunk once in order, after `QUEUED` marks while the call
+   * still waits in the queue; the stream ends when the task completes, or
+   * fails with why it did not.
+   */
+  Streaming: { readonly taskId: TaskId; readonly chunks: Stream.Stream<Output, WaitError> }
 }>
 export const Answer = Data.taggedEnum<Answer>()
 
@@ -181,29 +214,55 @@ export const make = Effect.gen(function*() {
         : rows.some((row) => row.kind === "virtual")
         ? undefined
         : rows.find((row) => row.kind === "public" && row.status === "active")
-      if (publicTarget !== undefined) {
-        const row = yield* registry.findRow(publicTarget.name)
-        if (Option.isSome(row)) return Destination.Proxy({ row: row.value })
-      }
+      if (publicTarget !== undefined) return Destination.Proxy({ row: publicTarget })
       return Destination.Queue({ route: yield* queue.route(model, rows) })
     })
 
   /**
-   * With `maxWait` and no publisher online, the task waits queued; if nobody
-   * has claimed it when the wait runs out it is cancelled: PublisherOffline.
+   * The guard of a queued call: while nobody serves its route, the task may
+   * wait for a member to come back until the reconnect grace runs out (or
+   * `maxWait`, if longer); then, if still unclaimed, it is abandoned and the
+   * call answers PublisherOffline. A call that has seen its route online
+   * (queued behind busy publishers, say) gets the grace from the moment the
+   * last member went away, goodbye or not, so it is never left for the
+   * pending timeout. Woken by the pool's member changes, with the slow poll
+   * as the safety net; it reads nothing while the route stays online.
    */
-  const awaitClaim = (taskId: string, maxWait: Duration.Duration) =>
+  const guard = (taskId: TaskId, model: string, initial: Route, maxWait: Option.Option<Duration.Duration>) =>
     Effect.gen(function*() {
-      const deadline = (yield* Effect.clockWith((c) => c.currentTimeMillis)) + Duration.toMillis(maxWait)
+      const changes = yield* signals.subscribePoolChanges(initial.pool)
+      const start = yield* Clock.currentTimeMillis
+      const waitLimit = Option.match(maxWait, { onNone: () => 0, onSome: (d) => start + Duration.toMillis(d) })
+      const graceMillis = Duration.toMillis(config.reconnectGrace)
+      const poll = Duration.toMillis(config.pollInterval)
+      let route = initial
+      let seenOnline = initial.online
+      /** Until a member changes or `millis` pass; then the route is read again. */
+      const pause = (millis: number) =>
+        Effect.gen(function*() {
+          yield* Queue.take(changes).pipe(Effect.timeout(Duration.millis(Math.max(0, millis))), Effect.option)
+          yield* Queue.takeAll(changes)
+          route = yield* queue.route(model).pipe(Effect.orElseSucceed(() => ({ ...route, online: false })))
+        })
       while (true) {
-        const task = yield* queue.get(taskId)
-        if (Option.isNone(task) || task.value.status !== "pending") return
-        const left = deadline - (yield* Effect.clockWith((c) => c.currentTimeMillis))
-        if (left <= 0) {
-          yield* queue.cancel(taskId, "no publisher came online within X-Relay-Max-Wait")
-          return yield* new PublisherOffline({ message: "no publisher serving this model came online in time" })
+        if (route.online) {
+          seenOnline = true
+          yield* pause(poll)
+          continue
         }
-        yield* Effect.sleep(Duration.millis(Math.min(left, 100)))
+        const at = yield* Clock.currentTimeMillis
+        const deadline = Math.max(
+          route.reconnectingUntil ?? 0,
+          waitLimit,
+          seenOnline && route.lastWentAway !== null ? route.lastWentAway + graceMillis : 0
+        )
+        if (at < deadline) {
+          yield* pause(Math.min(deadline - at, poll))
+          continue
+        }
+        // a claimed task is in a publisher's hands: if it comes back to the queue, the member change wakes this
+        if (yield* queue.abandon(taskId, `no publisher serving '${model}' came online in time`)) return
+        yield* pause(poll)
       }
     })
 
@@ -216,64 +275,97 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const { maxWait, route } = request
       const model = String(request.body.model)
-      if (!route.online && Option.isNone(maxWait)) {
+      const state = availability(route, yield* Clock.currentTimeMillis)
+      if (state === "offline" && Option.isNone(maxWait)) {
         return yield* new PublisherOffline({ message: `no publisher is online for '${model}'` })
       }
       const timeout = Option.getOrElse(request.timeout, () => config.syncTimeout)
       const streaming = request.body.stream === true
       const submission = { model, path: request.path, streaming, requestBody: request.body, ownerId: request.ownerId }
-      // Online: enqueue and subscribe in one step. Offline with a max wait:
-      // the task queues, and the wait for its answer starts once it is claimed.
-      const submitted = route.online
-        ? yield* queue.submit(submission, route, timeout)
-        : { task: yield* queue.enqueue(submission, route), waiter: undefined }
-      const taskId = submitted.task.id
+      const { task, waiter } = yield* queue.submit(submission, route, timeout)
+      const taskId = task.id
+      yield* Effect.forkScoped(guard(taskId, model, route, maxWait))
       const cancel = (reason: string) => queue.cancel(taskId, reason).pipe(Effect.ignore)
       const clientGone = cancel("the client closed the connection")
-      const waiting = Effect.gen(function*() {
-        if (submitted.waiter !== undefined) return submitted.waiter
-        if (Option.isSome(maxWait)) yield* awaitClaim(taskId, maxWait.value)
-        return yield* queue.waitFor(taskId, timeout)
-      }).pipe(Effect.onInterrupt(() => clientGone))
+      /** The outcome; the wait running out cancels the task. */
+      const outcome = Effect.tapError(waiter.result, (e) =>
+        e._tag === "Timeout" ? cancel("the request timed out") : Effect.void)
 
-      const answer = Effect.gen(function*() {
-        const { chunks, result } = yield* waiting
-        /** The outcome; the wait running out cancels the task. */
-        const outcome = Effect.tapError(result, (e) =>
-          e._tag === "Timeout" ? cancel("the request timed out") : Effect.void)
-        if (!streaming) {
-          return Answer.Whole({
-            task: yield* Effect.onInterrupt(outcome, () =>
-              clientGone)
-          })
-        }
-        const pull = yield* Stream.toPull(chunks)
-        const first: First = yield* Effect.raceFirst(
-          pull.pipe(
-            Effect.map((c): First => ({ _tag: "Chunks", chunks: c })),
-            Effect.catchAll((o) => (Option.isNone(o) ? Effect.succeed<First>({ _tag: "End" }) : Effect.fail(o.value)))
+      if (!streaming) {
+        return yield* outcome.pipe(
+          Effect.map((task) =>
+            Answer.Whole({ task })
           ),
-          Effect.map(outcome, (t): First => ({ _tag: "Done", task: t }))
-        ).pipe(Effect.onInterrupt(() => clientGone))
-        if (first._tag !== "Chunks") {
-          // Nothing streamed yet: the outcome can still choose the status.
-          const done = first._tag === "Done" ? first.task : yield* outcome
-          if (done.responseBody !== null) return Answer.Whole({ task: done })
-        }
-        // Until the outcome is known, the stream ending means the client left.
-        const finished = yield* Ref.make(false)
-        const finish = Ref.set(finished, true)
-        const end = Effect.tapBoth(outcome, { onFailure: () => finish, onSuccess: () => finish })
-        const head = first._tag === "Chunks" ? Stream.fromChunk(first.chunks) : Stream.empty
-        return Answer.Streaming({
-          taskId,
-          chunks: Stream.concat(head, Stream.repeatEffectChunkOption(pull)).pipe(
-            Stream.concat(Stream.execute(end)),
-            Stream.ensuring(Effect.flatMap(Ref.get(finished), (done) => (done ? Effect.void : clientGone)))
+          Effect.catchAll((error) => Effect.succeed(Answer.Failed({ taskId, error }))),
+          Effect.onInterrupt(() => clientGone)
+        )
+      }
+
+      const pull = yield* Stream.toPull(waiter.chunks)
+      // The first output or the outcome, whichever comes first; it runs on
+      // while the headers go out, if they must go before it.
+      const first = yield* Effect.raceFirst(
+        pull.pipe(
+          Effect.map((c): First => ({ _tag: "Chunks", chunks: c })),
+          Effect.catchAll((o) => (Option.isNone(o) ? Effect.succeed<First>({ _tag: "End" }) : Effect.fail(o.value)))
+        ),
+        Effect.map(outcome, (t): First => ({ _tag: "Done", task: t }))
+      ).pipe(Effect.forkScoped)
+      const raced = yield* Fiber.join(first).pipe(
+        Effect.timeout(config.queuedHeadersAfter),
+        Effect.map(Option.some),
+        Effect.catchTag("TimeoutException", () => Effect.succeed(Option.none<First>())),
+        Effect.either,
+        Effect.onInterrupt(() => clientGone)
+      )
+      if (Either.isLeft(raced)) return Answer.Failed({ taskId, error: raced.left })
+      const early = raced.right
+      if (Option.isSome(early) && early.value._tag !== "Chunks") {
+        // Nothing streamed, headers not sent: the outcome can still choose the status.
+        const done = early.value._tag === "Done"
+          ? Either.right(early.value.task)
+          : yield* Effect.either(Effect.onInterrupt(outcome, () => clientGone))
+        if (Either.isLeft(done)) return Answer.Failed({ taskId, error: done.left })
+        if (done.right.responseBody !== null) return Answer.Whole({ task: done.right })
+      }
+      // Until the outcome is known, the stream ending means the client left.
+      const finished = yield* Ref.make(false)
+      const finish = Ref.set(finished, true)
+      const end = Effect.tapBoth(outcome, { onFailure: () => finish, onSuccess: () => finish })
+      const rest: Stream.Stream<Output, WaitError> = Stream.repeatEffectChunkOption(pull)
+      /** After the first output (or the end): the rest, then the outcome. */
+      const after = (f: First): Stream.Stream<Output, WaitError> => {
+        if (f._tag === "Chunks") return Stream.concat(Stream.fromChunk(f.chunks), rest)
+        if (f._tag === "Done" && f.task.responseBody !== null) {
+          // a whole body for a stream, after the headers went out: nothing an SSE reader can take
+          return Stream.fail(
+            new UpstreamError({ message: "the publisher answered the stream with a whole body", status: 502 })
           )
-        })
+        }
+        return rest
+      }
+      const body: Stream.Stream<Output, WaitError> = Option.isSome(early)
+        ? after(early.value)
+        // headers now; `: queued` until the first output or the outcome
+        : Stream.merge(
+          Stream.concat(
+            Stream.succeed<Waiting>(QUEUED),
+            Stream.repeatEffect(Effect.as(Effect.sleep(config.keepaliveInterval), QUEUED))
+          ),
+          Stream.fromEffect(Fiber.join(first)),
+          { haltStrategy: "right" }
+        ).pipe(
+          // nothing after the First: the merge may hold a mark it had not handed over yet
+          Stream.takeUntil((item) => item !== QUEUED),
+          Stream.flatMap((item) => (item === QUEUED ? Stream.succeed<Output>(QUEUED) : after(item)))
+        )
+      return Answer.Streaming({
+        taskId,
+        chunks: body.pipe(
+          Stream.concat(Stream.execute(end)),
+          Stream.ensuring(Effect.flatMap(Ref.get(finished), (done) => (done ? Effect.void : clientGone)))
+        )
       })
-      return yield* Effect.catchAll(answer, (error) => Effect.succeed(Answer.Failed({ taskId, error })))
     })
 
   /** Another owner's task is a 404, so ids cannot be probed. */

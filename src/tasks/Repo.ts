@@ -149,6 +149,13 @@ export interface TaskRepoShape {
     at: Date
   ) => Effect.Effect<Option.Option<TaskRow>>
   readonly cancel: (id: string, reason: string, at: Date) => Effect.Effect<Option.Option<TaskRow>>
+  /** Cancels the task only while nobody has claimed it, recording why (`error_type`). */
+  readonly cancelPending: (
+    id: string,
+    reason: string,
+    errorType: string,
+    at: Date
+  ) => Effect.Effect<Option.Option<TaskRow>>
   readonly revertHeldBy: (sessionId: string, maxAttempts: number, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
   readonly revertForeign: (instanceId: string, maxAttempts: number, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
   readonly revertUnacked: (claimedBefore: Date, maxAttempts: number, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
@@ -403,6 +410,20 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
   })
   const cancel = (id: string, reason: string, at: Date) => Effect.orDie(cancelTask({ id, reason, at }))
 
+  const cancelPendingTask = SqlSchema.findOne({
+    Request: Schema.Struct({ id: Schema.String, reason: Schema.String, errorType: Schema.String, at: At }),
+    Result: TaskRow,
+    execute: ({ at, errorType, id, reason }) =>
+      sql`
+      UPDATE llm_relay.inference_tasks
+      SET status = 'cancelled', error_type = ${errorType}, error_message = ${reason},
+          completed_at = ${at}, updated_at = ${at}
+      WHERE id = ${id} AND status = 'pending'
+      RETURNING *`
+  })
+  const cancelPending = (id: string, reason: string, errorType: string, at: Date) =>
+    Effect.orDie(cancelPendingTask({ id, reason, errorType, at }))
+
   /**
    * Held tasks matching `where` lose their holder, in one statement: without
    * output they go back to `pending` (the claim counts as a dispatch), at the
@@ -524,6 +545,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
     complete,
     fail,
     cancel,
+    cancelPending,
     revertHeldBy,
     revertForeign,
     revertUnacked,

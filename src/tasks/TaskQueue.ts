@@ -10,7 +10,7 @@ import * as Crypto from "node:crypto"
 import { cutoff, InstanceId, now, RelayConfig } from "../config.js"
 import { BadRequest } from "../domain/Errors.js"
 import type { TaskFrame } from "../domain/Frames.js"
-import type { Llm } from "../domain/Llm.js"
+import type { LlmRow } from "../domain/Llm.js"
 import {
   isTerminal,
   ModelNotFound,
@@ -54,8 +54,26 @@ export interface Route {
   readonly pool: string
   readonly llmName: string | null
   readonly tier: string
+  /** A member is active, healthy and its session's task stream is open. */
   readonly online: boolean
+  /**
+   * Not online, but a member went down without a goodbye (or registered
+   * without streaming, or reports its upstream unhealthy): the route is
+   * reconnecting until this moment (epoch ms), `RELAY_RECONNECT_GRACE` after
+   * that. Null when no member is coming back.
+   */
+  readonly reconnectingUntil: number | null
+  /** The last moment a member stopped being online, goodbye or not (epoch ms); null if none has. */
+  readonly lastWentAway: number | null
 }
+
+/** Whether a route is served now, may be again soon, or not at all (PROTOCOL.md client routes). */
+export const availability = (route: Route, nowMillis: number): "online" | "reconnecting" | "offline" =>
+  route.online
+    ? "online"
+    : route.reconnectingUntil !== null && route.reconnectingUntil > nowMillis
+    ? "reconnecting"
+    : "offline"
 
 export type WaitError = Timeout | TaskCancelled | UpstreamError | PublisherDisconnected | PublisherOffline
 
@@ -100,7 +118,7 @@ export type PostError = TaskNotFound | TaskCancelled | TaskAlreadyTerminal | Tas
 
 export interface TaskQueueShape {
   /** Where a model's tasks are queued (ModelNotFound, or NotVirtual for a model no publisher serves). */
-  readonly route: (model: string, known?: ReadonlyArray<Llm>) => Effect.Effect<Route, ModelNotFound | NotVirtual>
+  readonly route: (model: string, known?: ReadonlyArray<LlmRow>) => Effect.Effect<Route, ModelNotFound | NotVirtual>
   /** Queues a task; a `route` from `route` saves looking the model up again. */
   readonly enqueue: (request: EnqueueRequest, routed?: Route) => Effect.Effect<Task, ModelNotFound | NotVirtual>
   readonly get: (id: string) => Effect.Effect<Option.Option<Task>>
@@ -137,6 +155,12 @@ export interface TaskQueueShape {
   ) => Effect.Effect<void, PostError>
   /** Cancels a live task (its holder gets `cancel`); a finished task is returned as it is. */
   readonly cancel: (taskId: string, reason: string) => Effect.Effect<Task, TaskNotFound>
+  /**
+   * Gives up a task nobody has claimed, for want of a publisher: it ends
+   * `cancelled`, and its waiters get PublisherOffline. False when it was
+   * claimed (or ended) first.
+   */
+  readonly abandon: (taskId: string, reason: string) => Effect.Effect<boolean>
   /** The session is gone: its held tasks revert or fail; how many moved. */
   readonly revertHeldBy: (sessionId: string) => Effect.Effect<number>
   readonly startupRecovery: Effect.Effect<number>
@@ -162,7 +186,10 @@ export const outcome = ({ errorType, task }: TaskEnding): Effect.Effect<Task, Wa
     case "completed":
       return Effect.succeed(task)
     case "cancelled":
-      return Effect.fail(new TaskCancelled({ message }))
+      // given up for want of a publisher (Relay's guard): the call's answer is PublisherOffline
+      return Effect.fail(
+        errorType === "PublisherOffline" ? new PublisherOffline({ message }) : new TaskCancelled({ message })
+      )
     default:
       switch (errorType) {
         case "Timeout":
@@ -212,15 +239,11 @@ export const make = Effect.gen(function*() {
     )
 
   /**
-   * A model names a row (pinned to it) unless that row is its own pool, in
-   * which case it names the pool (any member), like a bare pool name does.
-   */
-  /**
    * Where a model's tasks go: a model names a row (pinned to it) unless that
    * row is its own pool, in which case it names the pool (any member), like a
-   * bare pool name does. `online`: some member is active now.
+   * bare pool name does; and whether it is online or reconnecting.
    */
-  const route = Effect.fn("TaskQueue.route")(function*(model: string, known?: ReadonlyArray<Llm>) {
+  const route = Effect.fn("TaskQueue.route")(function*(model: string, known?: ReadonlyArray<LlmRow>) {
     const rows = known ?? (yield* registry.resolve(model))
     if (rows.length === 0) return yield* new ModelNotFound({ message: `the model '${model}' does not exist` })
     const named = rows.find((row) => row.name === model)
@@ -230,11 +253,19 @@ export const make = Effect.gen(function*() {
     const pinned = named !== undefined && named.pool !== named.name
     const members = rows.filter((row) => row.kind === "virtual" && (pinned ? row === named : row.pool === model))
     if (members.length === 0) return yield* new NotVirtual({ message: `the pool '${model}' has no virtual members` })
+    const graceMillis = Duration.toMillis(config.reconnectGrace)
+    const comingBack = members.flatMap((row) => row.downSince === null ? [] : [row.downSince.getTime() + graceMillis])
+    const wentAway = members.flatMap((row) => {
+      const at = row.downSince ?? row.inactiveSince
+      return at === null ? [] : [at.getTime()]
+    })
     return {
       pool: pinned ? named.pool : model,
       llmName: pinned ? named.name : null,
       tier: members[0]!.tier,
-      online: members.some((row) => row.status === "active")
+      online: members.some((row) => row.status === "active" && row.streamOpen && row.healthy),
+      reconnectingUntil: comingBack.length === 0 ? null : Math.max(...comingBack),
+      lastWentAway: wentAway.length === 0 ? null : Math.max(...wentAway)
     } satisfies Route
   })
 
@@ -431,6 +462,13 @@ export const make = Effect.gen(function*() {
     return taskFromRow(current.value)
   })
 
+  const abandon = Effect.fn("TaskQueue.abandon")(function*(taskId: string, reason: string) {
+    const cancelled = yield* repo.cancelPending(taskId, reason, "PublisherOffline", yield* now)
+    if (Option.isNone(cancelled)) return false
+    yield* signals.publishTask(taskId, { _tag: "Finished", ending: endingOf(cancelled.value) })
+    return true
+  })
+
   /** The session is gone: its held tasks revert or fail (PROTOCOL.md "Disconnects"). */
   const revertHeldBy = Effect.fn("TaskQueue.revertHeldBy")(function*(sessionId: string) {
     const moved = yield* repo.revertHeldBy(sessionId, config.maxAttempts, yield* now)
@@ -582,6 +620,7 @@ export const make = Effect.gen(function*() {
     complete,
     fail,
     cancel,
+    abandon,
     revertHeldBy,
     startupRecovery,
     sweep,

@@ -192,10 +192,13 @@ describe("errors a client sees", () => {
     assert.strictEqual(error.code, "model_not_found")
   })
 
-  it("no active publisher: 503 PublisherOffline at once, and no task is made", async () => {
+  it("no active publisher (it said goodbye): 503 PublisherOffline at once, and no task is made", async () => {
     const name = unique("llm")
     const publisher = await online([{ name }])
-    publisher.disconnect()
+    assert.strictEqual(
+      (await publisher.request("DELETE", `/v1/publishers/sessions/${publisher.sessionId}`)).status,
+      204
+    )
     await publisher.waitClosed()
     // the stream's close unbinds asynchronously: wait until the row is inactive
     for (let i = 0; i < 50; i++) {

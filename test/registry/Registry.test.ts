@@ -79,7 +79,7 @@ describe("registering a publisher session", () => {
     Effect.gen(function*() {
       const registry = yield* Registry
       const old = yield* registry.register("p", { sessionId: "old-session", providers: [provider("vllm-local")] })
-      yield* registry.unbindSession("old-session")
+      yield* registry.unbindSession("old-session", false)
       const adopted = yield* registry.register("p", { sessionId: "new-session", providers: [provider("vllm-local")] })
       const llm = adopted.llms[0]!
       assert.strictEqual(llm.id, old.llms[0]!.id)
@@ -158,7 +158,7 @@ describe("a session's heartbeat and binding", () => {
       const registry = yield* Registry
       yield* TestClock.setTime(10_000)
       yield* registry.register("p", { sessionId: "sess-heart", providers: [provider("vllm-local")] })
-      yield* registry.unbindSession("sess-heart")
+      yield* registry.unbindSession("sess-heart", false)
       yield* TestClock.setTime(15_000)
       yield* registry.heartbeat("sess-heart")
       const row = Option.getOrThrow(yield* registry.findByName("vllm-local"))
@@ -179,7 +179,7 @@ describe("a session's heartbeat and binding", () => {
       const registry = yield* Registry
       yield* registry.register("p", { sessionId: "sess-mine", providers: [provider("a"), provider("b")] })
       yield* registry.register("p", { sessionId: "sess-other", providers: [provider("c")] })
-      const flipped = yield* registry.unbindSession("sess-mine")
+      const flipped = yield* registry.unbindSession("sess-mine", false)
       assert.deepStrictEqual(flipped.map((l) => l.name).sort(), ["a", "b"])
       const status = (name: string) => Effect.map(registry.findByName(name), (o) => Option.getOrThrow(o).status)
       assert.strictEqual(yield* status("a"), "inactive")
@@ -191,7 +191,7 @@ describe("a session's heartbeat and binding", () => {
     Effect.gen(function*() {
       const registry = yield* Registry
       yield* registry.register("p", { sessionId: "sess-bind", providers: [provider("a")] })
-      yield* registry.unbindSession("sess-bind")
+      yield* registry.unbindSession("sess-bind", false)
       yield* registry.bindSession("sess-bind")
       assert.strictEqual(Option.getOrThrow(yield* registry.findByName("a")).status, "active")
     }).pipe(Effect.provide(RegistryTest)))
@@ -217,10 +217,10 @@ describe("the registry's sweep of silent and long-inactive rows", () => {
       const registry = yield* Registry
       yield* insertPublic("public-survivor")
       yield* registry.register("p", { sessionId: "sess-old1", providers: [provider("old")] })
-      yield* registry.unbindSession("sess-old1")
+      yield* registry.unbindSession("sess-old1", false)
       yield* TestClock.adjust("3 hours")
       yield* registry.register("p", { sessionId: "sess-rec1", providers: [provider("recent")] })
-      yield* registry.unbindSession("sess-rec1")
+      yield* registry.unbindSession("sess-rec1", false)
       yield* TestClock.adjust("61 minutes") // old: 4h01m inactive; recent: 1h01m
       const result = yield* registry.gcSweep
       assert.strictEqual(result.deleted, 1)

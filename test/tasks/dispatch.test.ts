@@ -67,7 +67,7 @@ describe("claiming tasks for a session", () => {
       const registry = yield* Registry
       yield* serve("session-s", [{ name: "l" }])
       const task = yield* enqueue("l")
-      yield* registry.unbindSession("session-s")
+      yield* registry.unbindSession("session-s", false)
       assert.deepStrictEqual(yield* claim("session-s"), [])
       assert.strictEqual((yield* row(task.id))!.status, "pending")
       yield* registry.bindSession("session-s")

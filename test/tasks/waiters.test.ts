@@ -93,7 +93,7 @@ describe("the chunk stream", () => {
       assert.isTrue(yield* w.isOpen, "the task is still running")
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
-  it.effect("a finish whose signal was lost is noticed by the slow poll (5 s), output replayed first", () =>
+  it.effect("a finish whose signal was lost is noticed by the slow poll (30 s, woken by signals otherwise), output replayed first", () =>
     Effect.gen(function*() {
       const queue = yield* TaskQueue
       const sql = yield* SqlClient.SqlClient
@@ -104,7 +104,7 @@ describe("the chunk stream", () => {
       yield* sql`INSERT INTO llm_relay.inference_task_chunks (task_id, seq, chunks) VALUES (${id}, 1, ARRAY['only'])`
       yield* sql`UPDATE llm_relay.inference_tasks SET status = 'completed', output_started = true, chunk_count = 1,
                    response_status = 200, completed_at = now() WHERE id = ${id}`
-      yield* TestClock.adjust("4 seconds")
+      yield* TestClock.adjust("29 seconds")
       assert.isTrue(Option.isNone(yield* Fiber.poll(result)), "no signal, no poll yet")
       yield* TestClock.adjust("1 second")
       assert.strictEqual((yield* live(Fiber.join(result), "the poll to see the end")).status, "completed")
@@ -136,7 +136,7 @@ describe("the chunk stream", () => {
       const w = yield* follow(waiter)
       const result = yield* Effect.fork(Effect.either(waiter.result))
       yield* sql`DELETE FROM llm_relay.inference_tasks WHERE id = ${id}`
-      yield* TestClock.adjust("5 seconds") // the poll finds the row gone
+      yield* TestClock.adjust("30 seconds") // the poll finds the row gone
       const outcome = yield* live(Fiber.join(result), "the waiter to notice")
       assert.strictEqual(Either.isLeft(outcome) ? outcome.left._tag : "completed", "TaskCancelled")
       assert.deepStrictEqual(yield* w.ended, [], "the stream ends with the result, not at some later deadline")

@@ -8,7 +8,7 @@ import { HttpApiBuilder, type HttpServerRequest, HttpServerResponse } from "@eff
 import { Duration, Effect, Option, Stream } from "effect"
 import { BadRequest } from "../../domain/Errors.js"
 import type { Task, TaskPath } from "../../domain/Task.js"
-import { type Answer, Destination, Relay } from "../../tasks/Relay.js"
+import { type Answer, Destination, type Output, QUEUED, Relay } from "../../tasks/Relay.js"
 import { RelayApi } from "../Api.js"
 import { CurrentPrincipal } from "../Auth.js"
 import { errorResponse, toWire, wireError } from "../Errors.js"
@@ -51,10 +51,15 @@ const errorFrame = (error: unknown): string => {
   return Sse.event(undefined, JSON.stringify(wireError(wire.type, wire.message)))
 }
 
-/** A streamed answer: each chunk an SSE event, then `[DONE]`, or an error event saying why it did not complete. */
-const streamBody = (chunks: Stream.Stream<string, unknown>) =>
+const queuedComment = Sse.comment("queued")
+
+/**
+ * A streamed answer: `: queued` while the call waits in the queue, each chunk
+ * an SSE event, then `[DONE]`, or an error event saying why it did not complete.
+ */
+const streamBody = (chunks: Stream.Stream<Output, unknown>) =>
   chunks.pipe(
-    Stream.map((chunk) => Sse.event(undefined, chunk)),
+    Stream.map((chunk) => (chunk === QUEUED ? queuedComment : Sse.event(undefined, chunk))),
     Stream.concat(Stream.make("data: [DONE]\n\n")),
     Stream.catchAll((e) => Stream.make(errorFrame(e)))
   )

@@ -64,7 +64,7 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
           return { ok: true as const }
         }))
       .handle("goodbye", ({ path }) =>
-        Effect.zipRight(ownSession(path.sessionId), sessions.close(path.sessionId)))
+        Effect.zipRight(ownSession(path.sessionId), sessions.close(path.sessionId, "goodbye")))
       .handle("ack", ({ path, payload }) =>
         Effect.zipRight(ownSession(path.sessionId), notHeld(queue.ack(path.sessionId, path.taskId, payload.attempt))))
       .handle("chunks", ({ path, payload }) =>
