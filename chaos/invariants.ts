@@ -257,7 +257,7 @@ export const check = (evidence: Evidence): { invariants: Array<Invariant>; rate:
 const summarizeStatuses = (posts: ReadonlyArray<PostRecord>) => {
   const counts = new Map<string, number>()
   for (const p of posts) {
-    const key = `${p.status}${p.errorType ? ` ${p.errorType}` : ""}`
+    const key = `${p.what} ${p.status}${p.errorType ? ` ${p.errorType}` : ""}`
     counts.set(key, (counts.get(key) ?? 0) + 1)
   }
   return [...counts].map(([k, n]) => `${k} ×${n}`).join(", ") || "none"
