@@ -151,6 +151,21 @@ export const check = (evidence: Evidence): { invariants: Array<Invariant>; rate:
     )
   ))
 
+  const told = calls.filter((c) =>
+    c.kind !== "async" && c.outcome === "failed" && c.taskId !== undefined && !isInjected(c)
+  )
+  invariants.push(invariant(
+    "a call told it failed is not a completed task in the database",
+    `${told.length} failed calls with a task id`,
+    told.filter((c) => byId.get(c.taskId!)?.status === "completed").map((c) =>
+      `${describe(c)} — stored completed (attempts ${byId.get(c.taskId!)?.attempts}); raw posts: ${
+        posts.filter((p) => p.taskId === c.taskId).map((p) =>
+          `${p.publisher}#${p.attempt} ${p.what} ${p.status}${p.afterDrop ? ` (${p.sinceDropMs} ms after drop)` : ""}`
+        ).join(", ") || "none"
+      }`
+    )
+  ))
+
   const completed = tasks.filter((t) => t.status === "completed" && t.response_status === 200)
   invariants.push(invariant(
     "every completed task's stored answer is its own request's, once (no second result mixed in)",
@@ -261,4 +276,14 @@ const summarizeStatuses = (posts: ReadonlyArray<PostRecord>) => {
     counts.set(key, (counts.get(key) ?? 0) + 1)
   }
   return [...counts].map(([k, n]) => `${k} ×${n}`).join(", ") || "none"
+}
+
+/** Posts answered 204 after their stream was dropped: how long after the drop (a diagnostic line). */
+export const lateAccepted = (posts: ReadonlyArray<PostRecord>): string => {
+  const late = posts.filter((p) => p.afterDrop && p.status === 204).map((p) => p.sinceDropMs ?? -1).sort((a, b) =>
+    a - b
+  )
+  return late.length === 0
+    ? "no post was accepted after its stream dropped"
+    : `${late.length} posts accepted after their stream dropped, ${late[0]}..${late[late.length - 1]} ms after the drop`
 }

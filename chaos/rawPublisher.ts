@@ -19,6 +19,8 @@ export interface PostRecord {
   readonly status: number
   /** The post left after the stream it came from was dropped. */
   readonly afterDrop: boolean
+  /** ms from the last drop to this post's answer (after a drop only). */
+  readonly sinceDropMs?: number
   readonly errorType?: string
 }
 
@@ -65,6 +67,7 @@ export class ChaosRawPublisher {
   private stream: AbortController | undefined
   /** Bumped at each drop: work started on an earlier generation posts "after drop". */
   private generation = 0
+  private droppedAt = 0
   private readonly running = new Set<string>()
   private readonly cancelled = new Set<string>()
   private stopped = false
@@ -161,6 +164,7 @@ export class ChaosRawPublisher {
   async drop(downMs: number): Promise<void> {
     this.counts.drops++
     this.generation++
+    this.droppedAt = performance.now()
     const stream = this.stream
     this.stream = undefined
     this.online = false
@@ -199,6 +203,7 @@ export class ChaosRawPublisher {
       what,
       status,
       afterDrop: generation !== this.generation,
+      ...(generation !== this.generation ? { sinceDropMs: Math.round(performance.now() - this.droppedAt) } : {}),
       ...(errorType === undefined ? {} : { errorType })
     })
     return status

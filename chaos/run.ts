@@ -16,7 +16,7 @@ import pg from "pg"
 import * as Embedded from "../src/db/Embedded.js"
 import { sleep } from "./answer.js"
 import { type CallRecord, runLoad } from "./clients.js"
-import { check, type Invariant, type Rate, type TaskRow, TERMINAL } from "./invariants.js"
+import { check, type Invariant, lateAccepted, type Rate, type TaskRow, TERMINAL } from "./invariants.js"
 import { derive } from "./prng.js"
 import { type RelayProcess, spawnRelay } from "./processes.js"
 import { ChaosRawPublisher } from "./rawPublisher.js"
@@ -351,6 +351,7 @@ const summary = (
       ).join("; ")
     }`
   )
+  lines.push(lateAccepted(raws.flatMap((r) => r.posts)))
   if (brokerErrors.length > 0) {
     lines.push(`broker error lines: ${brokerErrors.length}, first: ${brokerErrors[0]!.slice(0, 300)}`)
   }
