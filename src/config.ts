@@ -31,6 +31,8 @@ export interface RelayConfigShape {
    * long because an idle broker may hold thousands of sessions.
    */
   readonly sessionPollInterval: Duration.Duration
+  /** How long a client's Idempotency-Key names its task (a retry within it attaches). */
+  readonly idempotencyWindow: Duration.Duration
   readonly maxAttempts: number
   readonly maxBodyBytes: number
   /** Rows deleted per statement by the retention sweep. */
@@ -52,6 +54,7 @@ export const defaults: RelayConfigShape = {
   queuedHeadersAfter: Duration.seconds(3),
   pollInterval: Duration.seconds(30),
   sessionPollInterval: Duration.seconds(60),
+  idempotencyWindow: Duration.hours(24),
   maxAttempts: 3,
   maxBodyBytes: 8 * 1024 * 1024,
   retentionBatchSize: 1000
@@ -80,6 +83,7 @@ export const fromEnv: Config.Config<RelayConfigShape> = Config.all({
   queuedHeadersAfter: duration("RELAY_QUEUED_HEADERS_AFTER", defaults.queuedHeadersAfter),
   pollInterval: duration("RELAY_POLL_INTERVAL", defaults.pollInterval),
   sessionPollInterval: duration("RELAY_SESSION_POLL_INTERVAL", defaults.sessionPollInterval),
+  idempotencyWindow: duration("RELAY_IDEMPOTENCY_WINDOW", defaults.idempotencyWindow),
   maxAttempts: integer("RELAY_MAX_ATTEMPTS", defaults.maxAttempts),
   maxBodyBytes: integer("RELAY_MAX_BODY_BYTES", defaults.maxBodyBytes),
   retentionBatchSize: integer("RELAY_RETENTION_BATCH_SIZE", defaults.retentionBatchSize)

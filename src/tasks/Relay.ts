@@ -78,6 +78,12 @@ export interface CallRequest {
   readonly maxWait: Option.Option<Duration.Duration>
   /** How long the answer may take; the configured sync timeout when absent. */
   readonly timeout: Option.Option<Duration.Duration>
+  /**
+   * The client's Idempotency-Key: a call with a key the owner used before
+   * attaches to that task (its answer, replayed for a stream). With a key,
+   * the client leaving does not cancel the task, so that a retry can attach.
+   */
+  readonly idempotencyKey?: string | undefined
 }
 
 /** Why a call failed once its task existed. */
@@ -131,12 +137,12 @@ export interface RelayShape {
    */
   readonly call: (
     request: CallRequest
-  ) => Effect.Effect<Answer, PublisherOffline | ModelNotFound | NotVirtual, Scope.Scope>
-  /** Queue a task to fetch, wait for or follow later. */
+  ) => Effect.Effect<Answer, PublisherOffline | ModelNotFound | NotVirtual | BadRequest, Scope.Scope>
+  /** Queue a task to fetch, wait for or follow later (with an Idempotency-Key used before: that task). */
   readonly enqueue: (
     principal: Principal,
     request: Omit<EnqueueRequest, "ownerId">
-  ) => Effect.Effect<Task, ModelNotFound | NotVirtual>
+  ) => Effect.Effect<Task, ModelNotFound | NotVirtual | BadRequest>
   /** The principal's tasks (an admin's: everyone's). */
   readonly list: (
     principal: Principal,
@@ -275,18 +281,33 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const { maxWait, route } = request
       const model = String(request.body.model)
+      const key = request.idempotencyKey
+      const streaming = request.body.stream === true
+      const submission = {
+        model,
+        path: request.path,
+        streaming,
+        requestBody: request.body,
+        ownerId: request.ownerId,
+        idempotencyKey: key
+      }
       const state = availability(route, yield* Clock.currentTimeMillis)
       if (state === "offline" && Option.isNone(maxWait)) {
-        return yield* new PublisherOffline({ message: `no publisher is online for '${model}'` })
+        // nobody serves it: only a retry of a call that has its task already goes on
+        const earlier = key === undefined
+          ? Option.none()
+          : yield* queue.findByKey({ ...submission, idempotencyKey: key })
+        if (Option.isNone(earlier)) {
+          return yield* new PublisherOffline({ message: `no publisher is online for '${model}'` })
+        }
       }
       const timeout = Option.getOrElse(request.timeout, () => config.syncTimeout)
-      const streaming = request.body.stream === true
-      const submission = { model, path: request.path, streaming, requestBody: request.body, ownerId: request.ownerId }
       const { task, waiter } = yield* queue.submit(submission, route, timeout)
       const taskId = task.id
-      yield* Effect.forkScoped(guard(taskId, model, route, maxWait))
+      if (!isTerminal(task.status)) yield* Effect.forkScoped(guard(taskId, model, route, maxWait))
       const cancel = (reason: string) => queue.cancel(taskId, reason).pipe(Effect.ignore)
-      const clientGone = cancel("the client closed the connection")
+      // with an Idempotency-Key the task outlives the connection: a retry attaches to it
+      const clientGone = key === undefined ? cancel("the client closed the connection") : Effect.void
       /** The outcome; the wait running out cancels the task. */
       const outcome = Effect.tapError(waiter.result, (e) =>
         e._tag === "Timeout" ? cancel("the request timed out") : Effect.void)

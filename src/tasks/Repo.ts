@@ -97,7 +97,9 @@ export const NewTask = Schema.Struct({
     "ownerId",
     "agentId"
   ),
-  id: Schema.String
+  id: Schema.String,
+  /** The client's Idempotency-Key, if it sent one. */
+  idempotencyKey: Schema.NullOr(Schema.String)
 })
 export type NewTask = typeof NewTask.Type
 
@@ -131,7 +133,17 @@ export interface Claimed {
 }
 
 export interface TaskRepoShape {
-  readonly insert: (task: NewTask, at: Date) => Effect.Effect<TaskRow>
+  /** None when the owner already has a task with this Idempotency-Key. */
+  readonly insert: (task: NewTask, at: Date) => Effect.Effect<Option.Option<TaskRow>>
+  /** The owner's task with this Idempotency-Key, and whether it was made for the same path and body. */
+  readonly findByKey: (
+    ownerId: string,
+    key: string,
+    path: string,
+    body: unknown
+  ) => Effect.Effect<Option.Option<{ readonly row: TaskRow; readonly same: boolean }>>
+  /** Idempotency-Keys of tasks made before the cutoff are forgotten (they may be used again); how many. */
+  readonly forgetKeys: (before: Date) => Effect.Effect<number>
   readonly find: (id: string) => Effect.Effect<Option.Option<TaskRow>>
   readonly list: (filter: ListFilter) => Effect.Effect<ReadonlyArray<TaskRow>>
   readonly findPendingForPools: (pools: ReadonlyArray<string>, limit: number) => Effect.Effect<ReadonlyArray<TaskRow>>
@@ -188,19 +200,53 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
       ? sql`id = ${h.taskId} AND claimed_by = ${h.sessionId} AND ${held}`
       : sql`id = ${h.taskId} AND claimed_by = ${h.sessionId} AND ${held} AND attempts = ${h.attempt}`
 
-  const insertTask = SqlSchema.single({
+  const insertTask = SqlSchema.findOne({
     Request: Schema.Struct({ task: NewTask, at: At }),
     Result: TaskRow,
     execute: ({ at, task }) =>
-      sql`
+      task.idempotencyKey === null
+        ? sql`
       INSERT INTO llm_relay.inference_tasks (id, pool, llm_name, model, tier, path, streaming, priority, request_body,
                                    owner_id, agent_id, created_at, updated_at)
       VALUES (${task.id}, ${task.pool}, ${task.llmName}, ${task.model}, ${task.tier}, ${task.path},
               ${task.streaming}, ${task.priority}, ${json(task.requestBody)}::jsonb, ${task.ownerId},
               ${task.agentId}, ${at}, ${at})
       RETURNING *`
+        : sql`
+      INSERT INTO llm_relay.inference_tasks (id, pool, llm_name, model, tier, path, streaming, priority, request_body,
+                                   owner_id, agent_id, created_at, updated_at, idempotency_key)
+      VALUES (${task.id}, ${task.pool}, ${task.llmName}, ${task.model}, ${task.tier}, ${task.path},
+              ${task.streaming}, ${task.priority}, ${json(task.requestBody)}::jsonb, ${task.ownerId},
+              ${task.agentId}, ${at}, ${at}, ${task.idempotencyKey})
+      ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+      RETURNING *`
   })
   const insert = (task: NewTask, at: Date) => Effect.orDie(insertTask({ task, at }))
+
+  const findKeyed = SqlSchema.findOne({
+    Request: Schema.Struct({ ownerId: Schema.String, key: Schema.String, path: Schema.String, body: Schema.Unknown }),
+    Result: Schema.Struct({ ...TaskRow.fields, sameRequest: Schema.Boolean }),
+    execute: ({ body, key, ownerId, path }) =>
+      sql`
+      SELECT *, (path = ${path} AND request_body = ${json(body)}::jsonb) AS same_request
+      FROM llm_relay.inference_tasks WHERE owner_id = ${ownerId} AND idempotency_key = ${key}`
+  })
+  const findByKey = (ownerId: string, key: string, path: string, body: unknown) =>
+    findKeyed({ ownerId, key, path, body }).pipe(
+      Effect.map(Option.map(({ sameRequest, ...row }) => ({ row, same: sameRequest }))),
+      Effect.orDie
+    )
+
+  const forgetKeyRows = SqlSchema.findAll({
+    Request: At,
+    Result: Id,
+    execute: (before) =>
+      sql`
+      UPDATE llm_relay.inference_tasks SET idempotency_key = NULL
+      WHERE idempotency_key IS NOT NULL AND created_at < ${before}
+      RETURNING id`
+  })
+  const forgetKeys = (before: Date) => Effect.map(Effect.orDie(forgetKeyRows(before)), (rows) => rows.length)
 
   const findTask = SqlSchema.findOne({
     Request: Schema.String,
@@ -536,6 +582,8 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
 
   return {
     insert,
+    findByKey,
+    forgetKeys,
     find,
     list,
     findPendingForPools,

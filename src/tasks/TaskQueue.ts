@@ -39,6 +39,11 @@ export interface EnqueueRequest {
   readonly requestBody: unknown
   readonly ownerId: string
   readonly agentId?: string | null | undefined
+  /**
+   * The client's Idempotency-Key: when the owner already has a task with it
+   * (made within 24 h), that task is the answer instead of a new one.
+   */
+  readonly idempotencyKey?: string | undefined
 }
 
 export interface ListRequest {
@@ -119,19 +124,38 @@ export type PostError = TaskNotFound | TaskCancelled | TaskAlreadyTerminal | Tas
 export interface TaskQueueShape {
   /** Where a model's tasks are queued (ModelNotFound, or NotVirtual for a model no publisher serves). */
   readonly route: (model: string, known?: ReadonlyArray<LlmRow>) => Effect.Effect<Route, ModelNotFound | NotVirtual>
-  /** Queues a task; a `route` from `route` saves looking the model up again. */
-  readonly enqueue: (request: EnqueueRequest, routed?: Route) => Effect.Effect<Task, ModelNotFound | NotVirtual>
+  /**
+   * Queues a task; a `route` from `route` saves looking the model up again.
+   * With an Idempotency-Key the owner used before: that task, as it is now
+   * (BadRequest when it was made for another request).
+   */
+  readonly enqueue: (
+    request: EnqueueRequest,
+    routed?: Route
+  ) => Effect.Effect<Task, ModelNotFound | NotVirtual | BadRequest>
   readonly get: (id: string) => Effect.Effect<Option.Option<Task>>
   readonly findPendingForPools: (pools: ReadonlyArray<string>, limit?: number) => Effect.Effect<ReadonlyArray<Task>>
   readonly list: (
     request: ListRequest
   ) => Effect.Effect<{ readonly data: ReadonlyArray<Task>; readonly nextCursor: string | null }, BadRequest>
-  /** Enqueue and follow in one go, the waiter subscribed before the insert. */
+  /**
+   * Enqueue and follow in one go, the waiter subscribed before the insert.
+   * With an Idempotency-Key the owner used before, it follows that task
+   * instead (`attached`).
+   */
   readonly submit: (
     request: EnqueueRequest,
     routed: Route,
     timeout: Duration.DurationInput
-  ) => Effect.Effect<{ readonly task: Task; readonly waiter: Waiter }, never, Scope.Scope>
+  ) => Effect.Effect<
+    { readonly task: Task; readonly waiter: Waiter; readonly attached: boolean },
+    BadRequest,
+    Scope.Scope
+  >
+  /** The owner's task with this Idempotency-Key (BadRequest when made for another request). */
+  readonly findByKey: (
+    request: EnqueueRequest & { readonly idempotencyKey: string }
+  ) => Effect.Effect<Option.Option<Task>, BadRequest>
   readonly claim: (sessionId: string) => Effect.Effect<Claimed>
   readonly claimFor: (sessionId: string) => Effect.Effect<ReadonlyArray<TaskFrame>>
   readonly ack: (sessionId: string, taskId: string, attempt?: number) => Effect.Effect<void, PostError>
@@ -272,26 +296,56 @@ export const make = Effect.gen(function*() {
   /** Queues a task; `route` (from `TaskQueue.route`) saves looking the model up again. */
   const enqueue = Effect.fn("TaskQueue.enqueue")(function*(request: EnqueueRequest, routed?: Route) {
     const target = routed ?? (yield* route(request.model))
-    return taskFromRow(yield* insert(Crypto.randomUUID(), request, target))
+    return taskFromRow((yield* insert(Crypto.randomUUID(), request, target)).row)
   })
 
-  /** Stores a new pending task and wakes its pool. */
+  /** The owner's task with this key, unless it was made for another request. */
+  const keyed = (request: EnqueueRequest, key: string) =>
+    Effect.flatMap(
+      repo.findByKey(request.ownerId, key, request.path, request.requestBody),
+      (found) =>
+        Option.isSome(found) && !found.value.same
+          ? Effect.fail(
+            new BadRequest({
+              message: `Idempotency-Key '${key.slice(0, 200)}' was used for a different request within 24 h`
+            })
+          )
+          : Effect.succeed(Option.map(found, (f) => f.row))
+    )
+
+  const findByKey = (request: EnqueueRequest & { readonly idempotencyKey: string }) =>
+    Effect.map(keyed(request, request.idempotencyKey), Option.map(taskFromRow))
+
+  /**
+   * Stores a new pending task and wakes its pool; or, when the owner used
+   * the request's Idempotency-Key before, returns that task (`fresh` false).
+   */
   const insert = Effect.fnUntraced(function*(id: string, request: EnqueueRequest, target: Route) {
-    const row = yield* repo.insert({
-      id,
-      pool: target.pool,
-      llmName: target.llmName,
-      model: request.model,
-      tier: target.tier,
-      path: request.path,
-      streaming: request.streaming,
-      priority: request.priority ?? 0,
-      requestBody: request.requestBody,
-      ownerId: request.ownerId,
-      agentId: request.agentId ?? null
-    }, yield* now)
-    yield* signals.wakePool(row.pool)
-    return row
+    const key = request.idempotencyKey ?? null
+    // the earlier task may be forgotten between the two statements: then try again
+    while (true) {
+      const inserted = yield* repo.insert({
+        id,
+        pool: target.pool,
+        llmName: target.llmName,
+        model: request.model,
+        tier: target.tier,
+        path: request.path,
+        streaming: request.streaming,
+        priority: request.priority ?? 0,
+        requestBody: request.requestBody,
+        ownerId: request.ownerId,
+        agentId: request.agentId ?? null,
+        idempotencyKey: key
+      }, yield* now)
+      if (Option.isSome(inserted)) {
+        yield* signals.wakePool(inserted.value.pool)
+        return { row: inserted.value, fresh: true }
+      }
+      if (key === null) return yield* Effect.dieMessage("a task without an Idempotency-Key was not stored")
+      const earlier = yield* keyed(request, key)
+      if (Option.isSome(earlier)) return { row: earlier.value, fresh: false }
+    }
   })
 
   const get = (id: string) => Effect.map(repo.find(id), Option.map(taskFromRow))
@@ -503,6 +557,7 @@ export const make = Effect.gen(function*() {
       atDate
     )
     yield* announce(timedOut, "the task ran too long")
+    yield* repo.forgetKeys(cutoff(at, config.idempotencyWindow))
     let deleted = 0
     const retainedAfter = cutoff(at, config.terminalRetention)
     while (true) {
@@ -534,10 +589,18 @@ export const make = Effect.gen(function*() {
   const submit = (request: EnqueueRequest, routed: Route, timeoutInput: Duration.DurationInput) =>
     Effect.gen(function*() {
       const id = Crypto.randomUUID()
+      const timeout = Duration.decode(timeoutInput)
       const events = yield* signals.subscribeTask(id)
-      const row = yield* insert(id, request, routed)
-      const waiter = yield* watch(id, Duration.decode(timeoutInput), events, row)
-      return { task: taskFromRow(row), waiter }
+      const { fresh, row } = yield* insert(id, request, routed)
+      if (fresh) return { task: taskFromRow(row), waiter: yield* watch(id, timeout, events, row), attached: false }
+      // an earlier task of this Idempotency-Key: follow it, subscribed before reading it again
+      const earlierEvents = yield* signals.subscribeTask(row.id)
+      const current = Option.getOrElse(yield* repo.find(row.id), () => row)
+      return {
+        task: taskFromRow(current),
+        waiter: yield* watch(row.id, timeout, earlierEvents, current),
+        attached: true
+      }
     })
 
   /** A waiter on a task from a known row, with its task events already subscribed. */
@@ -613,6 +676,7 @@ export const make = Effect.gen(function*() {
     findPendingForPools,
     list,
     submit,
+    findByKey,
     claim,
     claimFor,
     ack,

@@ -23,6 +23,30 @@ const everything = Effect.flatMap(
 )
 
 describe("the periodic sweep of tasks", () => {
+  it.effect("an Idempotency-Key names its task for 24 h; after that the sweep forgets it and the key makes a new task", () =>
+    Effect.gen(function*() {
+      const queue = yield* TaskQueue
+      yield* serve("session-s", [{ name: "l" }])
+      const request = {
+        model: "l",
+        path: "/v1/chat/completions",
+        streaming: false,
+        requestBody: { model: "l", messages: [] },
+        ownerId: "owner-1",
+        idempotencyKey: "retry-me"
+      }
+      const first = yield* queue.enqueue(request)
+      yield* TestClock.adjust("23 hours")
+      yield* queue.sweep
+      assert.strictEqual((yield* queue.enqueue(request)).id, first.id, "within 24 h: the same task")
+      yield* TestClock.adjust("1 hour")
+      yield* TestClock.adjust("1 millis")
+      yield* queue.sweep
+      const later = yield* queue.enqueue(request)
+      assert.notStrictEqual(later.id, first.id, "after 24 h: a new task")
+      assert.strictEqual((yield* queue.enqueue(request)).id, later.id, "and the key names the new one")
+    }).pipe(Effect.provide(QueueTest)))
+
   it.effect("a second pass at the same instant finds nothing to do and changes nothing", () =>
     Effect.gen(function*() {
       const queue = yield* TaskQueue

@@ -5,27 +5,17 @@
  * cancels the task, which sends `cancel` to the holder.
  */
 import { HttpApiBuilder, type HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Duration, Effect, Option, Stream } from "effect"
-import { BadRequest } from "../../domain/Errors.js"
+import { Effect, Option, Stream } from "effect"
 import type { Task, TaskPath } from "../../domain/Task.js"
 import { type Answer, Destination, type Output, QUEUED, Relay } from "../../tasks/Relay.js"
 import { RelayApi } from "../Api.js"
 import { CurrentPrincipal } from "../Auth.js"
 import { errorResponse, toWire, wireError } from "../Errors.js"
+import * as Headers from "../Headers.js"
 import * as Sse from "../Sse.js"
 import { proxyPublic } from "./proxy.js"
 
 const TASK_HEADER = "x-relay-task-id"
-
-/** A positive number of seconds from a header, or None; anything else is a BadRequest naming it. */
-const secondsHeader = (request: HttpServerRequest.HttpServerRequest, name: string) => {
-  const raw = request.headers[name.toLowerCase()]
-  if (raw === undefined || raw.trim() === "") return Effect.succeed(Option.none<Duration.Duration>())
-  const seconds = Number(raw)
-  return Number.isFinite(seconds) && seconds >= 0 && seconds <= 86_400
-    ? Effect.succeed(Option.some(Duration.millis(Math.round(seconds * 1000))))
-    : Effect.fail(new BadRequest({ message: `${name} must be a number of seconds from 0 to 86400, got '${raw}'` }))
-}
 
 /**
  * The whole answer of a finished non-streaming task: its status and body, as
@@ -93,15 +83,17 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
           Proxy: ({ row }) => proxyPublic(row, path, payload, request),
           Queue: ({ route }) =>
             Effect.gen(function*() {
-              const maxWait = yield* secondsHeader(request, "X-Relay-Max-Wait")
-              const timeout = yield* secondsHeader(request, "X-Relay-Timeout")
+              const maxWait = yield* Headers.seconds(request, "X-Relay-Max-Wait")
+              const timeout = yield* Headers.seconds(request, "X-Relay-Timeout")
+              const idempotencyKey = yield* Headers.idempotencyKey(request)
               const answer = yield* relay.call({
                 ownerId: principal.id,
                 path,
                 body: payload,
                 route,
                 maxWait,
-                timeout
+                timeout,
+                idempotencyKey
               })
               return yield* answerResponse(answer)
             })

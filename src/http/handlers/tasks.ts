@@ -7,6 +7,7 @@ import { Relay, type TaskUpdate } from "../../tasks/Relay.js"
 import { RelayApi } from "../Api.js"
 import { CurrentPrincipal } from "../Auth.js"
 import { wireError } from "../Errors.js"
+import * as Headers from "../Headers.js"
 import * as Sse from "../Sse.js"
 
 const encodeTask = (task: Task): string => JSON.stringify(Schema.encodeSync(Task)(task))
@@ -32,15 +33,18 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
     const keepalive = Stream.tick(config.keepaliveInterval).pipe(Stream.drop(1), Stream.as(Sse.comment("keepalive")))
 
     return handlers
-      .handle("create", ({ payload }) =>
-        Effect.flatMap(CurrentPrincipal, (principal) =>
-          relay.enqueue(principal, {
+      .handle("create", ({ payload, request }) =>
+        Effect.gen(function*() {
+          const principal = yield* CurrentPrincipal
+          const idempotencyKey = yield* Headers.idempotencyKey(request)
+          return yield* relay.enqueue(principal, {
             model: payload.model,
             path: payload.path,
             streaming: payload.body.stream === true,
             priority: payload.priority,
             requestBody: payload.body,
-            agentId: payload.agentId ?? null
+            agentId: payload.agentId ?? null,
+            idempotencyKey
           }).pipe(
             // like every answer that made a task, it names the task in X-Relay-Task-Id
             Effect.map((task) =>
@@ -49,7 +53,8 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
                 headers: { "x-relay-task-id": task.id }
               })
             )
-          )))
+          )
+        }))
       .handle("list", ({ urlParams }) =>
         Effect.flatMap(CurrentPrincipal, (principal) =>
           relay.list(principal, {
