@@ -80,7 +80,8 @@ describe("Idempotency-Key", () => {
       "idempotency-key": key
     })
     assert.strictEqual(again.status, 200)
-    assert.strictEqual(((await again.json()) as any).choices[0].message.content, "the only answer")
+    const stored = (await again.json()) as { choices: Array<{ message: { content: string } }> }
+    assert.strictEqual(stored.choices[0]!.message.content, "the only answer")
     assert.strictEqual(publisher.tasks().length, 1)
     publisher.disconnect()
   })
