@@ -124,13 +124,21 @@ export interface Evidence {
   readonly threshold: number | undefined
 }
 
+/** `error_type` values that are not wire types themselves, and the type a waiter gets for them. */
+const STORED_AS_WIRE: Record<string, string> = {
+  MaxAttempts: "PublisherDisconnected",
+  Expired: "PublisherOffline"
+}
+
 export const check = (evidence: Evidence): { invariants: Array<Invariant>; rate: Rate } => {
   const { calls, posts, tasks } = evidence
   const byId = new Map(tasks.map((t) => [t.id, t] as const))
-  // the error type of a failed async task is the database's (the Task view has none)
+  // the error type of a failed async task is the database's (the Task view has none), named as a
+  // waiter on that task would be answered (src/tasks/TaskQueue.ts `outcome`)
   for (const call of calls) {
     if (call.kind === "async" && call.outcome === "failed" && call.errorType === undefined && call.taskId) {
-      call.errorType = byId.get(call.taskId)?.error_type ?? undefined
+      const stored = byId.get(call.taskId)?.error_type ?? undefined
+      call.errorType = stored === undefined ? undefined : (STORED_AS_WIRE[stored] ?? stored)
     }
   }
   const invariants: Array<Invariant> = []

@@ -297,6 +297,12 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosReport> => {
       })
     }
     const table = summary(calls, rate, faults, skipped, raws, upstreams, broker.watched)
+    if (!invariants.every((i) => i.ok) || broker.watched.length > 0) {
+      // the broker's own words on what went wrong, whole (its error lines above are cut)
+      const file = Path.join(Os.tmpdir(), `llm-relay-chaos-broker-${options.seed}.log`)
+      Fs.writeFileSync(file, broker.output())
+      say(`broker output (last 200 kB): ${file}`)
+    }
     return { seed: options.seed, ok: invariants.every((i) => i.ok), invariants, rate, calls, faults, table }
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined)
