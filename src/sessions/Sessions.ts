@@ -85,7 +85,8 @@ export const make = Effect.gen(function*() {
 
   const authorize = (principal: Principal, sessionId: string) =>
     Effect.gen(function*() {
-      const owner = yield* owners.get(sessionId)
+      // shared with concurrent posts of the session: it must not die with the request that started it
+      const owner = yield* Effect.uninterruptible(owners.get(sessionId))
       if (Option.isNone(owner)) {
         yield* owners.invalidate(sessionId)
         return yield* new SessionNotFound({ message: `no publisher session '${sessionId}'` })

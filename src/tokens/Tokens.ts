@@ -61,10 +61,18 @@ export const make: Effect.Effect<TokensShape, never, TokenRepo> = Effect.gen(fun
    */
   const known = yield* Cache.make({ capacity: 10_000, timeToLive: Duration.seconds(5), lookup })
 
-  /** The principal of a presented secret, or None (unknown or revoked). */
+  /**
+   * The principal of a presented secret, or None (unknown or revoked). The
+   * lookup is shared by every request presenting the token meanwhile, and a
+   * Cache lookup interrupted hands its interruption to all of them: it runs
+   * to its end (one indexed read) even if the request that started it goes.
+   */
   const verify = (token: string): Effect.Effect<Option.Option<Principal>> => {
     const hash = hashToken(token)
-    return Effect.tap(known.get(hash), (principal) => (Option.isNone(principal) ? known.invalidate(hash) : Effect.void))
+    return Effect.tap(
+      Effect.uninterruptible(known.get(hash)),
+      (principal) => (Option.isNone(principal) ? known.invalidate(hash) : Effect.void)
+    )
   }
 
   /**
