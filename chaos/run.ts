@@ -146,7 +146,9 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosReport> => {
       serverUrl = Redacted.value(server.url)
     }
     const database = await createDatabase(serverUrl)
-    cleanups.push(database.drop)
+    /** A violated run keeps its database (with DATABASE_URL) for a look at the rows. */
+    let keepDatabase = false
+    cleanups.push(() => (keepDatabase ? Promise.resolve() : database.drop()))
 
     // ---- the broker ----
     const adminToken = `chaos-admin-${Crypto.randomBytes(20).toString("hex")}`
@@ -302,6 +304,10 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosReport> => {
       const file = Path.join(Os.tmpdir(), `llm-relay-chaos-broker-${options.seed}.log`)
       Fs.writeFileSync(file, broker.output())
       say(`broker output (last 200 kB): ${file}`)
+      if (!invariants.every((i) => i.ok) && options.serverUrl !== undefined && options.serverUrl !== "") {
+        keepDatabase = true
+        say(`database kept for a look: ${database.url}`)
+      }
     }
     return { seed: options.seed, ok: invariants.every((i) => i.ok), invariants, rate, calls, faults, table }
   } finally {
