@@ -48,9 +48,11 @@ export const run = (
     const health = yield* Health.make(http, options.providers)
     const runner = yield* TaskRunner.make(http, broker, health, {
       providers: options.providers,
-      ackAfter: options.ackAfter ?? Duration.seconds(2)
+      ackAfter: options.ackAfter ?? Duration.seconds(2),
+      // the connection is made next; a task runs only once it is there
+      reportHealth: Effect.suspend((): Effect.Effect<void> => connection.reportHealth)
     })
-    const connection = yield* Connection.make(broker, {
+    const connection: Connection.Connection = yield* Connection.make(broker, {
       providers: options.providers,
       sessionId: options.sessionId,
       maxBackoff: options.maxBackoff ?? Duration.seconds(5),

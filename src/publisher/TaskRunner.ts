@@ -37,7 +37,12 @@ export const make = (
   http: HttpClient.HttpClient,
   broker: Broker,
   health: Health,
-  options: { readonly providers: ReadonlyArray<Provider>; readonly ackAfter: Duration.Duration }
+  options: {
+    readonly providers: ReadonlyArray<Provider>
+    readonly ackAfter: Duration.Duration
+    /** Sends the providers' health to the broker now (a heartbeat), bounded, errors ignored. */
+    readonly reportHealth: Effect.Effect<void>
+  }
 ): Effect.Effect<TaskRunner, never, Scope.Scope> =>
   Effect.gen(function*() {
     /** The attempt each running task serves: a frame re-sent for it is not a second run. */
@@ -55,6 +60,9 @@ export const make = (
         const answer = yield* Upstream.call(http, provider, frame)
         if (answer._tag === "Unreachable") {
           yield* health.down(provider.name, answer.cause)
+          // the broker learns the provider is unhealthy before it gets the task
+          // back, or it could hand it straight back here for another attempt
+          yield* options.reportHealth
           yield* post("error", { ...answer.failure, retry: true })
           return `handed back: upstream unreachable (${answer.cause})`
         }

@@ -318,8 +318,12 @@ describe("llm-relay publish with an upstream down", () => {
     const victim = await publishTo(`name=${deadName},upstream=${dying.baseUrl},model=m,pool=${pool}`)
     await waitUntil(() => dying.probes() >= 1, "the probe at start, while the upstream is up")
     await dying.close()
-    // alone in its pool: the call goes to the publisher whose upstream just died
-    const answer = ask(pool, "survive", shortClient)
+    // alone in its pool: the call goes to the publisher whose upstream just died. It
+    // waits for the other publisher past the grace (starting a process may take longer)
+    const answer = shortClient.chat.completions.create(
+      { model: pool, messages: [{ role: "user", content: "survive" }] },
+      { headers: { "X-Relay-Max-Wait": "60" } }
+    )
     await victim.waitFor(/handed back: upstream unreachable \(ECONNREFUSED 127\.0\.0\.1:\d+\)/)
     await waitUntil(async () => (await healthOf(deadName)) === false, "the dead provider to be reported unhealthy")
     await publishTo(`name=${liveName},upstream=${alive.baseUrl},model=m,pool=${pool}`)
