@@ -37,8 +37,14 @@ export interface Broker {
     request: typeof RegisterRequest.Encoded,
     first: boolean
   ) => Effect.Effect<SessionGranted, PublisherFatal | Disconnected>
-  /** One heartbeat: `forgotten` when the broker no longer knows the session; other answers count as alive. */
-  readonly heartbeat: (sessionId: string) => Effect.Effect<"alive" | "forgotten", Disconnected>
+  /**
+   * One heartbeat, carrying each provider's upstream health: `forgotten`
+   * when the broker no longer knows the session; other answers count as alive.
+   */
+  readonly heartbeat: (
+    sessionId: string,
+    providers: Record<string, { readonly healthy: boolean; readonly reason: string | null }>
+  ) => Effect.Effect<"alive" | "forgotten", Disconnected>
   /** The session's task stream as events, until the broker closes it or it goes silent past three keepalives. */
   readonly taskEvents: (sessionId: string) => Stream.Stream<SseEvent, Disconnected>
   /** A post for a task: 2xx goes on; 410/409/404 stop the task; other failures retry a little, then stop it. */
@@ -107,9 +113,9 @@ export const make = (http: HttpClient.HttpClient, server: string, token: string)
       return registration.right
     })
 
-  const heartbeat: Broker["heartbeat"] = (sessionId) =>
+  const heartbeat: Broker["heartbeat"] = (sessionId, providers) =>
     Effect.map(
-      call("POST", `/v1/publishers/sessions/${sessionId}/heartbeat`),
+      call("POST", `/v1/publishers/sessions/${sessionId}/heartbeat`, { providers }),
       (answer) => (answer.status === 404 ? "forgotten" : "alive")
     )
 

@@ -1,16 +1,18 @@
 /**
  * The publisher's connection to the broker: register (the session id sticky
- * across reconnects), read the task stream while heartbeating, and when that
+ * across reconnects), read the task stream while heartbeating (each heartbeat
+ * carries the providers' upstream health), and when that
  * ends register again after a capped exponential backoff with jitter. Only a
  * fatal answer (bad token, a name another session holds at start) ends it.
  */
-import { Duration, Effect, Either, Option, Random, Ref, Schedule, Schema, Stream } from "effect"
+import { Duration, Effect, Either, Option, Random, Ref, Schema, Stream } from "effect"
 import { describeParseError } from "../domain/Errors.js"
 import { Frame } from "../domain/Frames.js"
 import type { RegisterRequest } from "../domain/Llm.js"
 import { parseJson } from "./Answer.js"
 import { type Broker, Disconnected, type PublisherFatal } from "./Broker.js"
 import type { Provider } from "./Config.js"
+import type { Health } from "./Health.js"
 import type { SseEvent } from "./Sse.js"
 
 export interface ConnectionOptions {
@@ -23,6 +25,8 @@ export interface ConnectionOptions {
   readonly stopping: Effect.Effect<boolean>
   /** Each task or cancel frame of the task stream, in order. */
   readonly onFrame: (sessionId: string, frame: Frame) => Effect.Effect<void>
+  /** The providers' upstream health, reported in every heartbeat (and at once when it changes). */
+  readonly health: Health
 }
 
 export interface Connection {
@@ -30,6 +34,8 @@ export interface Connection {
   readonly run: Effect.Effect<never, PublisherFatal>
   /** Closes the session at the broker, if there is one (bounded, errors ignored). */
   readonly goodbye: Effect.Effect<void>
+  /** Sends a heartbeat with the current health now, if there is a session (bounded, errors ignored). */
+  readonly reportHealth: Effect.Effect<void>
 }
 
 const decodeFrame = Schema.decodeUnknownEither(Frame)
@@ -66,18 +72,33 @@ export const make = (broker: Broker, options: ConnectionOptions): Effect.Effect<
         return registration
       })
 
-    /** Heartbeats until the broker forgets the session; a heartbeat that does not get through is only logged. */
-    const heartbeat = (sessionId: string, interval: number) =>
-      broker.heartbeat(sessionId).pipe(
+    /** One heartbeat with the providers' health; fails when the broker forgot the session. */
+    const beat = (sessionId: string) =>
+      Effect.flatMap(options.health.report, (report) => broker.heartbeat(sessionId, report)).pipe(
         Effect.catchAll((e) => Effect.as(Effect.logDebug(`heartbeat failed: ${e.reason}`), "alive" as const)),
         Effect.flatMap((answer) =>
           answer === "forgotten"
             ? Effect.fail(new Disconnected({ reason: "the broker forgot this session" }))
             : Effect.void
-        ),
-        Effect.repeat(Schedule.spaced(Duration.millis(interval))),
-        Effect.zipRight(Effect.never)
+        )
       )
+
+    /**
+     * Heartbeats until the broker forgets the session: one at once (a
+     * registration made every provider healthy again at the broker), then
+     * every interval — probing the upstreams nobody heard from in that long
+     * first — and at once whenever a provider's health changes. A heartbeat
+     * that does not get through is only logged.
+     */
+    const heartbeat = (sessionId: string, interval: number) =>
+      Effect.gen(function*() {
+        const every = Duration.millis(interval)
+        while (true) {
+          yield* beat(sessionId)
+          const changed = yield* options.health.changed.pipe(Effect.timeout(every), Effect.option)
+          if (Option.isNone(changed)) yield* options.health.check(every)
+        }
+      })
 
     const onEvent = (sessionId: string) => (event: SseEvent) => {
       if (event.event !== "task" && event.event !== "cancel") return Effect.void
@@ -137,5 +158,11 @@ export const make = (broker: Broker, options: ConnectionOptions): Effect.Effect<
       )
     })
 
-    return { run, goodbye }
+    const reportHealth = Effect.gen(function*() {
+      const sessionId = yield* Ref.get(sessionRef)
+      if (Option.isNone(sessionId)) return
+      yield* beat(sessionId.value).pipe(Effect.interruptible, Effect.timeout(Duration.seconds(5)), Effect.ignore)
+    })
+
+    return { run, goodbye, reportHealth }
   })

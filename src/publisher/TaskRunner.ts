@@ -3,19 +3,26 @@
  * keyed by task id that calls the upstream (at most `maxConcurrent` at once
  * per provider, acking if it takes a while), posts the chunks in batches and
  * posts the result or the error. A `cancel` frame or a 410 interrupts that
- * fiber, which aborts the upstream request. Draining stops taking tasks and
- * waits (bounded) for those in flight.
+ * fiber, which aborts the upstream request. An upstream that cannot be
+ * reached before any output hands the task back (`POST error` with `retry`)
+ * for another member, and marks the provider unhealthy. A frame for a task
+ * already running (same attempt, re-sent on a new stream) is ignored.
+ * Draining stops taking tasks — each frame that still comes is handed back
+ * at once — and waits (bounded) for those in flight.
  */
 import type { HttpClient } from "@effect/platform"
 import { Clock, type Duration, Effect, FiberMap, Queue, Ref, type Scope } from "effect"
 import type { CancelFrame, TaskFrame } from "../domain/Frames.js"
 import type { Broker, TaskPost, TaskStopped } from "./Broker.js"
 import type { Provider } from "./Config.js"
+import type { Health } from "./Health.js"
 import * as Upstream from "./Upstream.js"
 
 export interface TaskRunner {
-  /** Runs a task (not while draining: the broker re-queues it at goodbye). */
+  /** Runs a task (while draining: hands it back at once). */
   readonly start: (sessionId: string, frame: TaskFrame) => Effect.Effect<void>
+  /** Stops taking tasks: frames from now on are handed back. */
+  readonly stop: Effect.Effect<void>
   /** Interrupts a task's fiber, if it still runs. */
   readonly cancel: (frame: CancelFrame) => Effect.Effect<void>
   /** True once draining began. */
@@ -29,19 +36,37 @@ type Post = (what: TaskPost, body: Record<string, unknown>) => Effect.Effect<voi
 export const make = (
   http: HttpClient.HttpClient,
   broker: Broker,
-  options: { readonly providers: ReadonlyArray<Provider>; readonly ackAfter: Duration.Duration }
+  health: Health,
+  options: {
+    readonly providers: ReadonlyArray<Provider>
+    readonly ackAfter: Duration.Duration
+    /** Sends the providers' health to the broker now (a heartbeat), bounded, errors ignored. */
+    readonly reportHealth: Effect.Effect<void>
+  }
 ): Effect.Effect<TaskRunner, never, Scope.Scope> =>
   Effect.gen(function*() {
+    /** The attempt each running task serves: a frame re-sent for it is not a second run. */
+    const attempts = new Map<string, number>()
     const providers = new Map(options.providers.map((p) => [p.name, p] as const))
     const permits = new Map<string, Effect.Semaphore>()
     for (const p of options.providers) permits.set(p.name, yield* Effect.makeSemaphore(p.maxConcurrent))
     const draining = yield* Ref.make(false)
     const tasks = yield* FiberMap.make<string>()
+    const scope = yield* Effect.scope
 
     /** Calls the upstream and posts what it answers; the outcome for the log. */
     const relay = (post: Post, frame: TaskFrame, provider: Provider) =>
       Effect.gen(function*() {
         const answer = yield* Upstream.call(http, provider, frame)
+        if (answer._tag === "Unreachable") {
+          yield* health.down(provider.name, answer.cause)
+          // the broker learns the provider is unhealthy before it gets the task
+          // back, or it could hand it straight back here for another attempt
+          yield* options.reportHealth
+          yield* post("error", { ...answer.failure, retry: true })
+          return `handed back: upstream unreachable (${answer.cause})`
+        }
+        yield* health.answered(provider.name)
         if (answer._tag === "Failed") {
           yield* post("error", answer.failure)
           return `error ${answer.failure.status}`
@@ -123,13 +148,33 @@ export const make = (
         yield* Effect.logInfo(`task ${frame.taskId} provider=${frame.llmName} ${outcome} ${yield* elapsed}`)
       })
 
+    /** A task this publisher will not run goes back to the broker at once, for another member. */
+    const handBack = (sessionId: string, frame: TaskFrame, why: string) =>
+      broker.postTask(sessionId, frame.taskId, "error", {
+        message: `the publisher ${why}`,
+        status: 503,
+        retry: true,
+        attempt: frame.attempt
+      }).pipe(
+        Effect.tap(() => Effect.logInfo(`task ${frame.taskId} provider=${frame.llmName} handed back: ${why}`)),
+        Effect.catchAll((e) => Effect.logDebug(`task ${frame.taskId}: hand-back not taken (${e.message})`))
+      )
+
     const start: TaskRunner["start"] = (sessionId, frame) =>
       Effect.gen(function*() {
         if (yield* Ref.get(draining)) {
-          yield* Effect.logDebug(`task ${frame.taskId} not taken: shutting down (the broker re-queues it at goodbye)`)
+          yield* Effect.forkIn(handBack(sessionId, frame, "is shutting down"), scope)
           return
         }
-        yield* FiberMap.run(tasks, frame.taskId, run(sessionId, frame))
+        if (attempts.get(frame.taskId) === frame.attempt && (yield* FiberMap.has(tasks, frame.taskId))) {
+          yield* Effect.logDebug(`task ${frame.taskId} attempt ${frame.attempt} already runs: frame ignored`)
+          return
+        }
+        attempts.set(frame.taskId, frame.attempt)
+        const forget = Effect.sync(() => {
+          if (attempts.get(frame.taskId) === frame.attempt) attempts.delete(frame.taskId)
+        })
+        yield* FiberMap.run(tasks, frame.taskId, Effect.ensuring(run(sessionId, frame), forget))
       })
 
     const cancel: TaskRunner["cancel"] = (frame) =>
@@ -148,5 +193,5 @@ export const make = (
         yield* FiberMap.awaitEmpty(tasks).pipe(Effect.interruptible, Effect.timeout(timeout), Effect.ignore)
       })
 
-    return { start, cancel, draining: Ref.get(draining), drain }
+    return { start, stop: Ref.set(draining, true), cancel, draining: Ref.get(draining), drain }
   })

@@ -20,6 +20,12 @@ export type UpstreamFailure = {
 
 export type UpstreamAnswer =
   | { readonly _tag: "Failed"; readonly failure: UpstreamFailure }
+  /**
+   * No answer at all before any output (connection refused, DNS failure, the
+   * connection dropped before the headers): another member may serve the
+   * task. `cause` names the real reason (`ECONNREFUSED 127.0.0.1:9999`).
+   */
+  | { readonly _tag: "Unreachable"; readonly failure: UpstreamFailure; readonly cause: string }
   /** A JSON answer (an answer that is not JSON is `Failed`). */
   | { readonly _tag: "Whole"; readonly status: number; readonly body: unknown }
   /** A streamed answer: `forEachData` runs `f` on each event's data, up to `[DONE]`. */
@@ -53,12 +59,14 @@ export const call = (
       : { model: provider.model }
     let request = HttpClientRequest.post(url).pipe(HttpClientRequest.bodyUnsafeJson(body))
     if (provider.apiKey !== undefined) request = HttpClientRequest.bearerToken(request, provider.apiKey)
-    const unreachable = (e: { readonly message: string }): UpstreamFailure => ({
+    const unreachable = (e: unknown): UpstreamFailure => ({
       status: 502,
-      message: `the upstream ${url} is unreachable: ${e.message}`
+      message: `the upstream ${url} is unreachable: ${transportCause(e)}`
     })
     const response = yield* Effect.either(http.execute(request))
-    if (response._tag === "Left") return { _tag: "Failed", failure: unreachable(response.left) } as const
+    if (response._tag === "Left") {
+      return { _tag: "Unreachable", failure: unreachable(response.left), cause: transportCause(response.left) } as const
+    }
     const res = response.right
     if (res.status >= 400) return { _tag: "Failed", failure: yield* failureOf(res) } as const
     const whole = !task.streaming || (res.headers["content-type"] ?? "").toLowerCase().includes("application/json")
@@ -93,6 +101,39 @@ export const call = (
     }
     return { _tag: "Whole", status: res.status, body: parsed } as const
   })
+
+/**
+ * The real reason a request got no answer, from the error's `cause` chain
+ * (the HTTP client's own message is only "Transport error"): the system
+ * error's code and where it happened (`ECONNREFUSED 127.0.0.1:9999`,
+ * `ENOTFOUND llm.internal`), or the innermost message.
+ */
+export const transportCause = (error: unknown): string => {
+  let innermost: string | undefined
+  let current: unknown = error
+  for (let depth = 0; depth < 10 && Predicate.isObject(current); depth++) {
+    const code = Predicate.hasProperty(current, "code") ? current.code : undefined
+    if (typeof code === "string" && code !== "") {
+      const address = Predicate.hasProperty(current, "address") ? current.address : undefined
+      const port = Predicate.hasProperty(current, "port") ? current.port : undefined
+      const hostname = Predicate.hasProperty(current, "hostname") ? current.hostname : undefined
+      if (typeof address === "string") return `${code} ${address}${typeof port === "number" ? `:${port}` : ""}`
+      if (typeof hostname === "string") return `${code} ${hostname}`
+      const message = Predicate.hasProperty(current, "message") ? current.message : undefined
+      return typeof message === "string" && message.includes(code) ? message : code
+    }
+    const message = Predicate.hasProperty(current, "message") ? current.message : undefined
+    if (typeof message === "string" && message !== "") innermost = message
+    // an AggregateError (every address of a host refused) carries its reasons in `errors`
+    const errors = Predicate.hasProperty(current, "errors") ? current.errors : undefined
+    current = Array.isArray(errors) && errors.length > 0
+      ? errors[0]
+      : Predicate.hasProperty(current, "cause")
+      ? current.cause
+      : undefined
+  }
+  return innermost ?? String(error)
+}
 
 /** A choice's field, or undefined (a choice may be anything in a broken answer). */
 const field = (choice: unknown, key: string): unknown => Predicate.hasProperty(choice, key) ? choice[key] : undefined

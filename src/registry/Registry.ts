@@ -19,7 +19,7 @@ import {
   Registration,
   SessionNotFound
 } from "../domain/Llm.js"
-import { type PublicLlmSpec, RegistryRepo } from "./Repo.js"
+import { type ProviderHealth, type PublicLlmSpec, RegistryRepo } from "./Repo.js"
 
 export interface SweepResult {
   /** Heartbeat-stale active rows flipped to inactive. */
@@ -41,6 +41,14 @@ export interface RegistryShape {
   ) => Effect.Effect<Registration, BadRequest | Forbidden | NameConflict>
   /** Bumps every row of the session and revives inactive ones. */
   readonly heartbeat: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>, SessionNotFound>
+  /**
+   * Stores the health a heartbeat reported for the session's providers
+   * (unknown names ignored, absent ones unchanged); the rows whose health changed.
+   */
+  readonly reportHealth: (
+    sessionId: string,
+    reports: ReadonlyArray<ProviderHealth>
+  ) => Effect.Effect<ReadonlyArray<Llm>>
   /** The session's stream opened: its rows are online. */
   readonly bindSession: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>>
   /**
@@ -168,6 +176,14 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
     return toLlms(yield* repo.heartbeat(sessionId, yield* now))
   })
 
+  /** A reason is the publisher's text: kept short, like every quoted value. */
+  const reportHealth = Effect.fn("Registry.reportHealth")(
+    function*(sessionId: string, reports: ReadonlyArray<ProviderHealth>) {
+      const kept = reports.map((r) => ({ ...r, reason: r.healthy ? null : (r.reason ?? "unhealthy").slice(0, 500) }))
+      return toLlms(yield* repo.reportHealth(sessionId, kept, yield* now))
+    }
+  )
+
   /** The session's stream opened: its rows are online. */
   const bindSession = Effect.fn("Registry.bindSession")(function*(sessionId: string) {
     return toLlms(yield* repo.activateSession(sessionId, instanceId, yield* now))
@@ -217,6 +233,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
   return {
     register,
     heartbeat,
+    reportHealth,
     bindSession,
     unbindSession,
     recoverAfterRestart,
@@ -238,4 +255,4 @@ export class Registry extends Context.Tag("llm-relay/Registry")<Registry, Regist
   static readonly layer = Layer.effect(this, make).pipe(Layer.provide(RegistryRepo.layer))
 }
 
-export type { PublisherSession }
+export type { ProviderHealth, PublisherSession }

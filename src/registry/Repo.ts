@@ -30,6 +30,13 @@ export const PublicLlmSpec = Schema.Struct({
 })
 export type PublicLlmSpec = typeof PublicLlmSpec.Type
 
+/** One provider's health as a heartbeat reports it. */
+export interface ProviderHealth {
+  readonly name: string
+  readonly healthy: boolean
+  readonly reason: string | null
+}
+
 export interface RegistryRepoShape {
   readonly all: Effect.Effect<ReadonlyArray<LlmRow>>
   readonly findByName: (name: string) => Effect.Effect<Option.Option<LlmRow>>
@@ -59,6 +66,16 @@ export interface RegistryRepoShape {
     now: Date
   ) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly heartbeat: (sessionId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  /**
+   * Stores what the publisher reported about its providers' upstreams (names
+   * of other sessions, or unknown, are ignored); returns the rows whose health
+   * changed.
+   */
+  readonly reportHealth: (
+    sessionId: string,
+    reports: ReadonlyArray<ProviderHealth>,
+    now: Date
+  ) => Effect.Effect<ReadonlyArray<LlmRow>>
   /** The session's stream opened on `instanceId`: its rows are active and streaming. */
   readonly activateSession: (sessionId: string, instanceId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
   /** The session's stream is gone: rows inactive; `goodbye` says whether it left on purpose (no grace). */
@@ -193,6 +210,32 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
       RETURNING *`)
   const heartbeat = (sessionId: string, now: Date) =>
     Effect.zipRight(Effect.orDie(touchSession({ sessionId, now })), heartbeatRows({ sessionId, now }))
+
+  /**
+   * Only rows whose report differs are written (and returned), so a publisher
+   * repeating its health in every heartbeat costs no write. An unhealthy row
+   * is down from the first such report (its pool reconnecting for the grace);
+   * a healthy one with its stream open and active is online again.
+   */
+  const reportHealthRows = llmRows(
+    Schema.Struct({ sessionId: Schema.String, reports: Schema.String, now: At }),
+    ({ now, reports, sessionId }) =>
+      sql`
+      UPDATE llm_relay.llms l SET healthy = r.healthy,
+        health_reason = CASE WHEN r.healthy THEN NULL ELSE r.reason END,
+        down_since = CASE WHEN NOT r.healthy THEN COALESCE(l.down_since, ${now})
+                          WHEN l.stream_open AND l.status = 'active' THEN NULL
+                          ELSE l.down_since END,
+        updated_at = ${now}
+      FROM jsonb_to_recordset(${reports}::jsonb) AS r(name text, healthy boolean, reason text)
+      WHERE l.provider_session_id = ${sessionId} AND l.kind = 'virtual' AND l.name = r.name
+        AND (l.healthy IS DISTINCT FROM r.healthy OR (NOT r.healthy AND l.health_reason IS DISTINCT FROM r.reason))
+      RETURNING l.*`
+  )
+  const reportHealth = (sessionId: string, reports: ReadonlyArray<ProviderHealth>, now: Date) =>
+    reports.length === 0
+      ? Effect.succeed([])
+      : reportHealthRows({ sessionId, reports: JSON.stringify(reports), now })
 
   /** The session row records the instance holding its stream; its rows are active and streaming. */
   const activateRows = llmRows(
@@ -335,6 +378,7 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
     claimRow,
     deactivateUnlisted,
     heartbeat,
+    reportHealth,
     activateSession,
     deactivateSession,
     deactivateForeign,

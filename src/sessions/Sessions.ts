@@ -5,6 +5,9 @@
  * claims on a pool signal for one of its pools, on one of its tasks finishing
  * while a row was full, and on a slow poll (signals are hints).
  *
+ * A new stream first re-sends the `task` frames of the session's claims it
+ * has not acknowledged (same attempt).
+ *
  * The actors live in a FiberMap keyed by session id, so a second stream for
  * the same session replaces the first: running its actor interrupts the old
  * one, the old stream ends, the session stays bound. When the current stream's scope closes
@@ -31,7 +34,7 @@ import { Forbidden } from "../domain/Errors.js"
 import type { Frame } from "../domain/Frames.js"
 import { type Llm, type Registration, SessionNotFound } from "../domain/Llm.js"
 import type { Principal } from "../domain/Token.js"
-import { Registry } from "../registry/Registry.js"
+import { type ProviderHealth, Registry } from "../registry/Registry.js"
 import { Signals } from "../signals/Signals.js"
 import { TaskQueue } from "../tasks/TaskQueue.js"
 
@@ -57,6 +60,17 @@ export interface SessionsShape {
    * leaves them reconnecting for the grace.
    */
   readonly close: (sessionId: string, reason: CloseReason) => Effect.Effect<void>
+  /**
+   * A heartbeat (SessionNotFound for an unknown session): bumps the session's
+   * rows, and stores the health it reports per provider. A row whose health
+   * changed re-routes the calls queued for its pool; one healthy again (or a
+   * fellow member gone unhealthy, whose hand-backs it may now take) wakes the
+   * pool's claimers.
+   */
+  readonly heartbeat: (
+    sessionId: string,
+    providers?: ReadonlyArray<ProviderHealth>
+  ) => Effect.Effect<void, SessionNotFound>
   /** Whether the session's stream is open on this broker. */
   readonly isOpen: (sessionId: string) => Effect.Effect<boolean>
 }
@@ -123,6 +137,8 @@ export const make = Effect.gen(function*() {
       const rows = yield* registry.unbindSession(sessionId, goodbye)
       const reverted = yield* queue.revertHeldBy(sessionId)
       yield* poolsChanged(rows)
+      // a member that handed a task back skips it only while another is online: this one was
+      yield* Effect.forEach(new Set(rows.map((row) => row.pool)), signals.wakePool, { discard: true })
       yield* Effect.logDebug(
         `session ${sessionId} ${goodbye ? "said goodbye" : "lost"}; ${reverted} held task(s) reverted or failed`
       )
@@ -149,6 +165,13 @@ export const make = Effect.gen(function*() {
             }), { discard: true })
         const own = yield* signals.subscribeSession(sessionId)
         const bound = yield* registry.bindSession(sessionId)
+        // Claims this session has not acknowledged go out again first (same
+        // attempt): their frames may have been lost with a stream this one
+        // replaces, or with a broker instance that died.
+        const unacknowledged = yield* queue.unacknowledged(sessionId)
+        if (unacknowledged.length > 0) {
+          yield* mailbox.offerAll(unacknowledged)
+        }
         yield* follow(bound)
         yield* poolsChanged(bound)
         yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(own), (event) => {
@@ -204,10 +227,16 @@ export const make = Effect.gen(function*() {
    * this one) or the broker is shutting down (the map is closed): then the
    * session stays bound.
    */
-  const actor = (sessionId: string, mailbox: Mailbox.Mailbox<Frame>) =>
+  const actor = (
+    sessionId: string,
+    mailbox: Mailbox.Mailbox<Frame>,
+    previous: Option.Option<Fiber.RuntimeFiber<unknown, unknown>>
+  ) =>
     Effect.withFiberRuntime<void>((self) =>
       Effect.ensuring(
-        run(sessionId, mailbox),
+        // The actor this one replaces was interrupted as this one started:
+        // once it is gone, no claim of its can slip past the re-sent frames.
+        Effect.zipRight(Option.isSome(previous) ? Fiber.await(previous.value) : Effect.void, run(sessionId, mailbox)),
         Effect.zipRight(
           mailbox.end,
           Effect.suspend(() => {
@@ -224,7 +253,8 @@ export const make = Effect.gen(function*() {
     yield* registry.getSession(sessionId)
     const mailbox = yield* Mailbox.make<Frame>()
     // a second stream replaces the first: running this actor interrupts the old one
-    const fiber = yield* FiberMap.run(actors, sessionId, actor(sessionId, mailbox))
+    const previous = yield* Effect.option(FiberMap.get(actors, sessionId))
+    const fiber = yield* FiberMap.run(actors, sessionId, actor(sessionId, mailbox, previous))
     // the client gone: the actor stops, and unbinds the session unless replaced by then
     yield* Effect.addFinalizer(() => Fiber.interrupt(fiber))
     return Mailbox.toStream(mailbox)
@@ -241,9 +271,25 @@ export const make = Effect.gen(function*() {
     yield* unbind(sessionId, reason === "goodbye")
   })
 
+  const heartbeat = Effect.fn("Sessions.heartbeat")(
+    function*(sessionId: string, providers: ReadonlyArray<ProviderHealth> = []) {
+      yield* registry.getSession(sessionId)
+      const changed = yield* registry.reportHealth(sessionId, providers)
+      yield* registry.heartbeat(sessionId)
+      if (changed.length === 0) return
+      yield* poolsChanged(changed)
+      yield* Effect.forEach(new Set(changed.map((row) => row.pool)), signals.wakePool, { discard: true })
+      yield* Effect.logInfo(
+        `session ${sessionId}: ${
+          changed.map((row) => `${row.name} ${row.healthy ? "healthy" : "unhealthy"}`).join(", ")
+        }`
+      )
+    }
+  )
+
   const isOpen = (sessionId: string) => FiberMap.has(actors, sessionId)
 
-  return { register, authorize, open, close, isOpen } satisfies SessionsShape
+  return { register, authorize, open, close, heartbeat, isOpen } satisfies SessionsShape
 })
 
 export class Sessions extends Context.Tag("llm-relay/Sessions")<Sessions, SessionsShape>() {

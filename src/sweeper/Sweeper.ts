@@ -2,7 +2,8 @@
  * The scheduled sweep (ARCHITECTURE.md "Sweeper"): one fiber that, every
  * `sweepInterval`, runs the registry sweep (heartbeat-stale rows inactive and
  * their sessions closed; long-inactive rows deleted) and the task sweep
- * (unacknowledged claims revert, pending and running timeouts, retention).
+ * (unacknowledged claims revert and their sessions are closed as lost,
+ * pending and running timeouts, retention).
  * Every pass is idempotent and reads time only from `Clock`.
  */
 import { Context, Effect, Layer, Schedule } from "effect"
@@ -12,7 +13,7 @@ import { Sessions } from "../sessions/Sessions.js"
 import { TaskQueue, type TaskSweepResult } from "../tasks/TaskQueue.js"
 
 export interface SweeperShape {
-  /** One pass: the registry half (stale sessions closed), then the task half. */
+  /** One pass: the registry half (stale sessions closed), then the task half (unresponsive sessions closed). */
   readonly sweepOnce: Effect.Effect<{ readonly llms: SweepResult; readonly tasks: TaskSweepResult }>
 }
 
@@ -25,6 +26,9 @@ export const make = Effect.gen(function*() {
     const llms = yield* registry.gcSweep
     yield* Effect.forEach(llms.staleSessions, (id) => sessions.close(id, "lost"), { discard: true })
     const tasks = yield* queue.sweep
+    // A session that left a claim unacknowledged is lost: a half-open
+    // connection must not keep receiving prompts it never answers.
+    yield* Effect.forEach(tasks.unresponsive, (id) => sessions.close(id, "lost"), { discard: true })
     return { llms, tasks }
   }).pipe(Effect.withSpan("Sweeper.sweepOnce"))
 

@@ -160,6 +160,20 @@ export interface TaskRepoShape {
     error: { message: string; status: number; body?: unknown },
     at: Date
   ) => Effect.Effect<Option.Option<TaskRow>>
+  /**
+   * The holder hands a task back before any output (`POST error` with
+   * `retry`): back to `pending`, remembering who handed it back, or at the
+   * attempt limit `error` `UpstreamError` with its message. None when the
+   * fence does not match or output was sent.
+   */
+  readonly handBack: (
+    h: Holder,
+    error: { message: string; status: number; body?: unknown },
+    maxAttempts: number,
+    at: Date
+  ) => Effect.Effect<Option.Option<TaskRow>>
+  /** Tasks the session holds `claimed` (not acknowledged), oldest claim first, as claim returns them. */
+  readonly unacknowledged: (sessionId: string) => Effect.Effect<ReadonlyArray<ClaimedRow>>
   readonly cancel: (id: string, reason: string, at: Date) => Effect.Effect<Option.Option<TaskRow>>
   /** Cancels the task only while nobody has claimed it, recording why (`error_type`). */
   readonly cancelPending: (
@@ -290,8 +304,9 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
     Effect.orDie(pendingForPools({ pools, limit }))
 
   /**
-   * One round trip per claim: the free capacity of each active row of the
-   * session (its `maxConcurrent` minus the tasks it holds for it), and for
+   * One round trip per claim: the free capacity of each active, healthy row
+   * of the session (its `maxConcurrent` minus the tasks it holds for it;
+   * an unhealthy row's upstream is unreachable, so it takes nothing), and for
    * each row up to that many pending tasks — pinned to it, or for its pool and
    * unpinned; highest priority, then oldest — claimed for it.
    *
@@ -306,6 +321,10 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
    * task: the UPDATE gives it to one of them, and that row shows as full, so
    * the caller looks again.
    *
+   * A pool task this session handed back (`POST error` with `retry`) is
+   * skipped while another member of the pool is online, so the retry goes
+   * to another member when there is one, and back to this one otherwise.
+   *
    * Returns every capacity row (LEFT JOIN), with the task claimed for it if
    * any: `full` when a row's claims reached its free capacity (it may have
    * left work), `roomLeft` when another row still had room.
@@ -319,9 +338,12 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
         SELECT l.name, l.pool, l.model,
                l.max_concurrent - (SELECT count(*) FROM llm_relay.inference_tasks t
                                    WHERE t.claimed_by = ${sessionId} AND t.claimed_llm = l.name
-                                     AND t.status IN ('claimed', 'running'))::int AS free
+                                     AND t.status IN ('claimed', 'running'))::int AS free,
+               EXISTS (SELECT 1 FROM llm_relay.llms o
+                       WHERE o.pool = l.pool AND o.kind = 'virtual' AND o.status = 'active' AND o.stream_open
+                         AND o.healthy AND o.provider_session_id IS DISTINCT FROM ${sessionId}) AS others_online
         FROM llm_relay.llms l
-        WHERE l.provider_session_id = ${sessionId} AND l.kind = 'virtual' AND l.status = 'active'
+        WHERE l.provider_session_id = ${sessionId} AND l.kind = 'virtual' AND l.status = 'active' AND l.healthy
       ),
       picked AS MATERIALIZED (
         SELECT c.name AS llm, c.model AS llm_model, p.id
@@ -338,6 +360,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
             SELECT pooled.* FROM (
               SELECT id, priority, created_at, seq FROM llm_relay.inference_tasks
               WHERE status = 'pending' AND llm_name IS NULL AND pool = c.pool
+                AND (NOT c.others_online OR handed_back_by IS DISTINCT FROM ${sessionId})
               ORDER BY priority DESC, created_at, seq
               LIMIT greatest(c.free, 0)
               FOR UPDATE SKIP LOCKED
@@ -351,7 +374,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
         UPDATE llm_relay.inference_tasks t
         SET status = 'claimed', claimed_by = ${sessionId},
             claimed_llm = (SELECT picked.llm FROM picked WHERE picked.id = t.id LIMIT 1),
-            claimed_at = ${at}, attempts = t.attempts + 1, updated_at = ${at}
+            claimed_at = ${at}, attempts = t.attempts + 1, updated_at = ${at}, handed_back_by = NULL
         WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
         RETURNING t.*, (SELECT picked.llm_model FROM picked WHERE picked.id = t.id LIMIT 1) AS llm_model
       )
@@ -443,6 +466,50 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
   })
   const fail = (h: Holder, error: { message: string; status: number; body?: unknown }, at: Date) =>
     Effect.orDie(failTask({ h, error, at }))
+
+  const handBackTask = SqlSchema.findOne({
+    Request: Schema.Struct({
+      h: Holder,
+      error: Schema.Struct({ message: Schema.String, status: Schema.Int, body: Schema.optional(Schema.Unknown) }),
+      maxAttempts: Schema.Int,
+      at: At
+    }),
+    Result: TaskRow,
+    execute: ({ at, error, h, maxAttempts }) =>
+      sql`
+      UPDATE llm_relay.inference_tasks
+      SET status = (CASE WHEN attempts >= ${maxAttempts} THEN 'error' ELSE 'pending' END)::llm_relay.inference_task_status,
+          error_type = CASE WHEN attempts >= ${maxAttempts} THEN 'UpstreamError' END,
+          error_message = CASE WHEN attempts >= ${maxAttempts} THEN ${error.message} END,
+          response_status = CASE WHEN attempts >= ${maxAttempts} THEN ${error.status}::int END,
+          response_body = CASE WHEN attempts >= ${maxAttempts} THEN ${json(error.body)}::jsonb END,
+          completed_at = CASE WHEN attempts >= ${maxAttempts} THEN ${at}::timestamptz END,
+          claimed_by = CASE WHEN attempts >= ${maxAttempts} THEN claimed_by END,
+          claimed_llm = CASE WHEN attempts >= ${maxAttempts} THEN claimed_llm END,
+          claimed_at = CASE WHEN attempts >= ${maxAttempts} THEN claimed_at END,
+          handed_back_by = CASE WHEN attempts >= ${maxAttempts} THEN NULL ELSE claimed_by END,
+          updated_at = ${at}
+      WHERE ${fence(h)} AND NOT output_started
+      RETURNING *`
+  })
+  const handBack = (
+    h: Holder,
+    error: { message: string; status: number; body?: unknown },
+    maxAttempts: number,
+    at: Date
+  ) => Effect.orDie(handBackTask({ h, error, maxAttempts, at }))
+
+  const unacknowledgedRows = SqlSchema.findAll({
+    Request: Schema.String,
+    Result: ClaimedRow,
+    execute: (sessionId) =>
+      sql`
+      SELECT t.*, COALESCE(l.model, t.model) AS llm_model
+      FROM llm_relay.inference_tasks t LEFT JOIN llm_relay.llms l ON l.name = t.claimed_llm
+      WHERE t.claimed_by = ${sessionId} AND t.status = 'claimed'
+      ORDER BY t.claimed_at, t.seq`
+  })
+  const unacknowledged = (sessionId: string) => Effect.orDie(unacknowledgedRows(sessionId))
 
   const cancelTask = SqlSchema.findOne({
     Request: Schema.Struct({ id: Schema.String, reason: Schema.String, at: At }),
@@ -592,6 +659,8 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
     appendChunks,
     complete,
     fail,
+    handBack,
+    unacknowledged,
     cancel,
     cancelPending,
     revertHeldBy,

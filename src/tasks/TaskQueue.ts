@@ -28,7 +28,7 @@ import {
 } from "../domain/Task.js"
 import { Registry } from "../registry/Registry.js"
 import { Signals, type TaskEnding, type TaskEvent } from "../signals/Signals.js"
-import { type Holder, type Moved, taskFromRow, TaskRepo, type TaskRow } from "./Repo.js"
+import { type ClaimedRow, type Holder, type Moved, taskFromRow, TaskRepo, type TaskRow } from "./Repo.js"
 
 export interface EnqueueRequest {
   /** An LLM name (pinned to that row) or a pool name (any member). */
@@ -112,7 +112,10 @@ export interface Claimed {
 
 /** What one pass of the task sweep did. */
 export interface TaskSweepResult {
+  /** Claims not acknowledged in time, reverted. */
   readonly reverted: number
+  /** The sessions that held them: treated as lost (a half-open connection must not keep receiving prompts). */
+  readonly unresponsive: ReadonlyArray<string>
   readonly expired: number
   readonly timedOut: number
   readonly deleted: number
@@ -171,12 +174,29 @@ export interface TaskQueueShape {
     result: { readonly status: number; readonly body?: unknown },
     attempt?: number
   ) => Effect.Effect<void, PostError>
+  /**
+   * The holder reports an error. With `retry` and no output sent yet (its
+   * upstream could not be reached) the task goes back to the queue for
+   * another member, or at the attempt limit ends `error` `UpstreamError`
+   * with this message; with output sent, `retry` is ignored.
+   */
   readonly fail: (
     sessionId: string,
     taskId: string,
-    error: { readonly message: string; readonly status: number; readonly body?: unknown },
+    error: {
+      readonly message: string
+      readonly status: number
+      readonly body?: unknown
+      readonly retry?: boolean | undefined
+    },
     attempt?: number
   ) => Effect.Effect<void, PostError>
+  /**
+   * The `task` frames of the claims the session has not acknowledged (same
+   * attempt): what a new task stream sends first, so a frame lost with a
+   * dropped stream is not lost work.
+   */
+  readonly unacknowledged: (sessionId: string) => Effect.Effect<ReadonlyArray<TaskFrame>>
   /** Cancels a live task (its holder gets `cancel`); a finished task is returned as it is. */
   readonly cancel: (taskId: string, reason: string) => Effect.Effect<Task, TaskNotFound>
   /**
@@ -195,6 +215,19 @@ export interface TaskQueueShape {
     timeout: Duration.DurationInput
   ) => Effect.Effect<Waiter, TaskNotFound, Scope.Scope>
 }
+
+/** The `task` frame of a claimed task. */
+const frameOf = (task: ClaimedRow): TaskFrame => ({
+  _tag: "task",
+  kind: "infer",
+  taskId: task.id,
+  attempt: task.attempts,
+  llmName: task.claimedLlm ?? task.pool,
+  model: task.llmModel,
+  path: task.path,
+  streaming: task.streaming,
+  body: task.requestBody
+})
 
 /** How a row ended, for the waiters of its task. */
 const endingOf = (row: TaskRow): TaskEnding => ({
@@ -392,17 +425,7 @@ export const make = Effect.gen(function*() {
     const { tasks, full, roomLeft } = yield* repo.claimFor(sessionId, yield* now)
     const frames: Array<TaskFrame> = []
     for (const task of tasks) {
-      frames.push({
-        _tag: "task",
-        kind: "infer",
-        taskId: task.id,
-        attempt: task.attempts,
-        llmName: task.claimedLlm ?? task.pool,
-        model: task.llmModel,
-        path: task.path,
-        streaming: task.streaming,
-        body: task.requestBody
-      })
+      frames.push(frameOf(task))
       yield* changed(task.id, "claimed")
     }
     // Pinned tasks taken by a full row may have left pool tasks locked past
@@ -410,6 +433,10 @@ export const make = Effect.gen(function*() {
     const pinnedPools = new Set(tasks.filter((task) => task.llmName !== null).map((task) => task.pool))
     if (full) yield* Effect.forEach(pinnedPools, (pool) => signals.wakePool(pool), { discard: true })
     return { frames, full, retry: full && roomLeft && frames.length > 0 }
+  })
+
+  const unacknowledged = Effect.fn("TaskQueue.unacknowledged")(function*(sessionId: string) {
+    return (yield* repo.unacknowledged(sessionId)).map(frameOf)
   })
 
   /** The `task` frames of what `claim` took for the session. */
@@ -489,11 +516,28 @@ export const make = Effect.gen(function*() {
     function*(
       sessionId: string,
       taskId: string,
-      error: { message: string; status: number; body?: unknown },
+      error: { message: string; status: number; body?: unknown; retry?: boolean | undefined },
       attempt?: number
     ) {
       const h = holder(sessionId, taskId, attempt)
-      const done = yield* repo.fail(h, error, yield* now)
+      const { retry, ...failure } = error
+      if (retry === true) {
+        const handedBack = yield* repo.handBack(h, failure, config.maxAttempts, yield* now)
+        if (Option.isSome(handedBack)) {
+          const row = handedBack.value
+          if (row.status === "pending") {
+            // like a revert: waiters see it queued again, the pool's members look, the session has room
+            yield* changed(taskId, "pending")
+            yield* signals.wakePool(row.pool)
+            yield* signals.publishSession(sessionId, { _tag: "Freed" })
+          } else {
+            yield* finished(sessionId, row)
+          }
+          return
+        }
+        // not handed back: output was sent (retry is ignored), or the fence does not match (diagnosed below)
+      }
+      const done = yield* repo.fail(h, failure, yield* now)
       if (Option.isNone(done)) return yield* diagnose(h, false)
       yield* finished(sessionId, done.value)
     }
@@ -565,7 +609,8 @@ export const make = Effect.gen(function*() {
       deleted += n
       if (n < config.retentionBatchSize) break
     }
-    return { reverted: unacked.length, expired: expired.length, timedOut: timedOut.length, deleted }
+    const unresponsive = [...new Set(unacked.flatMap((task) => task.previousHolder ?? []))]
+    return { reverted: unacked.length, unresponsive, expired: expired.length, timedOut: timedOut.length, deleted }
   }).pipe(Effect.withSpan("TaskQueue.sweep"))
 
   /**
@@ -683,6 +728,7 @@ export const make = Effect.gen(function*() {
     appendChunks,
     complete,
     fail,
+    unacknowledged,
     cancel,
     abandon,
     revertHeldBy,

@@ -166,6 +166,55 @@ describe("publisher posts", () => {
     assert.strictEqual(bye.status, 204)
   })
 
+  it("a heartbeat body reports provider health: the row shows healthy:false and takes no task; no body changes nothing", async () => {
+    const [sick, well] = [unique("sick"), unique("well")]
+    const publisher = await online([{ name: sick }, { name: well }])
+    const beat = (body?: unknown) =>
+      publisher.request("POST", `/v1/publishers/sessions/${publisher.sessionId}/heartbeat`, body)
+    const health = async () => {
+      const rows = (await call("/v1/llms?limit=500", { token: publisherToken })).body.data as Array<
+        { name: string; healthy: boolean; status: string }
+      >
+      return Object.fromEntries(rows.filter((r) => r.name === sick || r.name === well).map((r) => [r.name, r.healthy]))
+    }
+    const report = {
+      providers: { [sick]: { healthy: false, reason: "ECONNREFUSED 127.0.0.1:1" }, other: { healthy: true } }
+    }
+    assert.strictEqual((await beat(report)).status, 200)
+    assert.deepStrictEqual(await health(), { [sick]: false, [well]: true })
+    assert.strictEqual((await beat()).status, 200, "no body: the old heartbeat")
+    assert.strictEqual((await beat({})).status, 200)
+    assert.deepStrictEqual(await health(), { [sick]: false, [well]: true }, "absent: unchanged")
+    const bad = await beat({ providers: { [sick]: { healthy: "no" } } })
+    assert.strictEqual(bad.status, 400)
+    assert.match(((await bad.json()) as { error: { message: string } }).error.message, /healthy/)
+    // an async task for the unhealthy row waits; healthy again, it is dispatched
+    const created = await createTask(sick)
+    assert.strictEqual((await beat({ providers: { [sick]: { healthy: true } } })).status, 200)
+    const task = await publisher.nextTask()
+    assert.strictEqual(task.taskId, created.body.id)
+    assert.deepStrictEqual(await health(), { [sick]: true, [well]: true })
+    publisher.disconnect()
+  })
+
+  it("POST error with retry:true hands the task back: dispatched again with the next attempt", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const created = await createTask(name)
+    const first = await publisher.nextTask()
+    const handedBack = await publisher.post(first.taskId, "error", {
+      message: "ECONNREFUSED",
+      retry: true,
+      attempt: first.attempt
+    })
+    assert.strictEqual(handedBack.status, 204)
+    const second = await publisher.nextTask(10_000, 1)
+    assert.deepStrictEqual([second.taskId, second.attempt], [created.body.id, first.attempt + 1])
+    const task = await call(`/v1/tasks/${created.body.id}`, { token: clientToken })
+    assert.deepStrictEqual([task.body.status, task.body.attempts], ["claimed", 2])
+    publisher.disconnect()
+  })
+
   it("every post must carry the frame's attempt: without it 400 BadRequest naming attempt, and the task is untouched", async () => {
     const name = unique("llm")
     const publisher = await online([{ name }])

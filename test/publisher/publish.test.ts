@@ -3,7 +3,7 @@
  * publisher as its own process (spawned as a user runs it), a fake upstream
  * OpenAI-compatible server, and the official `openai` SDK as the client.
  */
-import { Effect } from "effect"
+import { Duration, Effect } from "effect"
 import { Exit, Scope } from "effect"
 import OpenAI from "openai"
 import { afterAll, afterEach, assert, beforeAll, describe, it } from "vitest"
@@ -59,7 +59,7 @@ const sessionOf = (p: Spawned) => p.output.match(/as session (\S+)/)![1]!
 const llms = async (url = broker.url, token = publisherToken) => {
   const response = await fetch(`${url}/v1/llms`, { headers: { authorization: `Bearer ${token}` } })
   return ((await response.json()) as {
-    data: Array<{ name: string; status: string; providerSessionId: string | null }>
+    data: Array<{ name: string; status: string; healthy: boolean; providerSessionId: string | null }>
   }).data
 }
 
@@ -139,15 +139,6 @@ describe("llm-relay publish", () => {
     assert.include((error as Error).message, "upstream says no (429)")
   })
 
-  it("an unreachable upstream is a 502 with a clear message", async () => {
-    const port = await Effect.runPromise(freePort)
-    const name = unique("gone")
-    await publish([`name=${name},upstream=http://127.0.0.1:${port}/v1,model=m`])
-    const error = await ask(name, "hi").then(() => null, (e: unknown) => e)
-    assert.strictEqual((error as InstanceType<typeof OpenAI.APIError>).status, 502)
-    assert.include((error as Error).message, "unreachable")
-  })
-
   it("the client aborting a streaming call aborts the upstream request", async () => {
     const fake = await upstream({ chunks: 200, chunkDelayMs: 50 })
     const name = unique("slow")
@@ -187,6 +178,9 @@ describe("llm-relay publish", () => {
     const answer = ask(name, "finish me")
     await waitUntil(() => fake.received.length === 1, "the task to reach the upstream")
     p.child.kill("SIGTERM")
+    // draining: first reported unhealthy, so nothing new comes, while the task in flight goes on
+    await waitUntil(async () => (await llms()).find((l) => l.name === name)?.healthy === false, "unhealthy")
+    assert.strictEqual(fake.received[0]!.finished, false, "reported before the task in flight finished")
     const result = await answer
     assert.strictEqual(result.choices[0]!.message.content, "echo: finish me")
     assert.strictEqual(await p.exited, 0)
@@ -279,6 +273,69 @@ describe("llm-relay publish", () => {
     ])
     assert.strictEqual(await second.exited, 1)
     assert.match(second.output, /name conflict/)
+  })
+})
+
+describe("llm-relay publish with an upstream down", () => {
+  // a short grace, so that a pool with nobody healthy answers 503 soon
+  let shortGrace: TestBroker
+  let shortClient: OpenAI
+  let token: string
+  beforeAll(async () => {
+    shortGrace = await startBroker({ reconnectGrace: Duration.seconds(6) })
+    shortClient = shortGrace.openai(await shortGrace.token("client"))
+    token = await shortGrace.token("publisher")
+  })
+  afterAll(() => shortGrace?.close())
+
+  const publishTo = async (provider: string) => {
+    const p = spawnRelay(["publish", "--server", shortGrace.url, "--token", token, "--provider", provider])
+    cleanups.push(() => kill(p))
+    await p.waitFor(/connected to .* as session (\S+)/)
+    return p
+  }
+  const healthOf = async (name: string) => (await llms(shortGrace.url, token)).find((l) => l.name === name)?.healthy
+
+  it("an upstream down at start: the provider is reported unhealthy, and calls wait the grace, then 503", async () => {
+    const port = await Effect.runPromise(freePort)
+    const name = unique("down")
+    const p = await publishTo(`name=${name},upstream=http://127.0.0.1:${port}/v1,model=m`)
+    await waitUntil(async () => (await healthOf(name)) === false, "the provider to be reported unhealthy")
+    assert.match(p.output, new RegExp(`upstream unhealthy \\(ECONNREFUSED 127\\.0\\.0\\.1:${port}\\)`))
+    const started = performance.now()
+    const error = await ask(name, "hi", shortClient).then(() => null, (e: unknown) => e)
+    assert.instanceOf(error, OpenAI.APIError)
+    assert.strictEqual((error as InstanceType<typeof OpenAI.APIError>).status, 503)
+    assert.include((error as Error).message, "no publisher")
+    assert.isAtLeast(performance.now() - started, 1000, "it waited for the grace, it was not refused at once")
+    assert.notMatch(p.output, /task \S+ provider=/, "no task was dispatched to it")
+  })
+
+  it("two publishers on one pool, one upstream dead: the dead one hands its task back and the other serves it", async () => {
+    const [dying, alive] = [await upstream(), await upstream()]
+    const pool = unique("pool")
+    const [deadName, liveName] = [unique("dead"), unique("live")]
+    const victim = await publishTo(`name=${deadName},upstream=${dying.baseUrl},model=m,pool=${pool}`)
+    await waitUntil(() => dying.probes() >= 1, "the probe at start, while the upstream is up")
+    await dying.close()
+    // alone in its pool: the call goes to the publisher whose upstream just died. It
+    // waits for the other publisher past the grace (starting a process may take longer)
+    const answer = shortClient.chat.completions.create(
+      { model: pool, messages: [{ role: "user", content: "survive" }] },
+      { headers: { "X-Relay-Max-Wait": "60" } }
+    )
+    await victim.waitFor(/handed back: upstream unreachable \(ECONNREFUSED 127\.0\.0\.1:\d+\)/)
+    await waitUntil(async () => (await healthOf(deadName)) === false, "the dead provider to be reported unhealthy")
+    await publishTo(`name=${liveName},upstream=${alive.baseUrl},model=m,pool=${pool}`)
+    const result = await answer
+    assert.strictEqual(result.choices[0]!.message.content, "echo: survive")
+    assert.strictEqual(alive.received.length, 1)
+    // later calls go to the healthy member only
+    for (const q of ["one", "two", "three"]) {
+      assert.strictEqual((await ask(pool, q, shortClient)).choices[0]!.message.content, `echo: ${q}`)
+    }
+    assert.strictEqual(alive.received.length, 4)
+    assert.strictEqual((victim.output.match(/handed back/g) ?? []).length, 1)
   })
 })
 

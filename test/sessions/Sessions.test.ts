@@ -86,6 +86,8 @@ describe("SessionActor", () => {
       const { fiber } = yield* openStream("sess-silent", scope)
       const task = yield* enqueue("silent")
       yield* eventually(Effect.map(taskStatus(task.id), (s) => s === "claimed"), "the actor to claim the task")
+      // acknowledged: an unacknowledged claim would close the session after 30 s
+      yield* (yield* TaskQueue).ack("sess-silent", task.id, 1)
 
       yield* TestClock.adjust("60 seconds")
       yield* registry.heartbeat("sess-silent")

@@ -1,8 +1,8 @@
 /**
  * A fake OpenAI-compatible server, the kind a publisher sits next to: a
  * deterministic answer ("echo: <last message>"), a configurable delay and
- * chunk count, and a record of every request it got and whether the caller
- * aborted it.
+ * chunk count, a record of every request it got and whether the caller
+ * aborted it, and `GET /v1/models` for a publisher's health probe.
  */
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
@@ -33,7 +33,10 @@ export interface FakeUpstream {
   /** The OpenAI base URL, ending in /v1. */
   readonly baseUrl: string
   readonly settings: FakeSettings
+  /** Inference requests (health probes, `GET …/models`, are not among them). */
   readonly received: Array<Received>
+  /** How many health probes (`GET …/models`) it answered. */
+  readonly probes: () => number
   /** Requests being answered right now, and the most ever at once. */
   readonly inFlight: () => number
   readonly maxInFlight: () => number
@@ -63,7 +66,15 @@ export const startFakeUpstream = async (initial: Partial<FakeSettings> = {}): Pr
   let inFlight = 0
   let maxInFlight = 0
 
+  let probes = 0
   const server = Http.createServer((req, res) => {
+    if (req.method === "GET" && (req.url ?? "").endsWith("/models")) {
+      // a publisher's health probe: answered, counted apart from the inference requests
+      probes += 1
+      res.writeHead(200, { "content-type": "application/json" })
+      res.end(JSON.stringify({ object: "list", data: [{ id: "fake-model", object: "model" }] }))
+      return
+    }
     let raw = ""
     req.on("data", (d: Buffer) => (raw += d.toString()))
     req.on("end", async () => {
@@ -177,6 +188,7 @@ export const startFakeUpstream = async (initial: Partial<FakeSettings> = {}): Pr
     baseUrl: `http://127.0.0.1:${port}/v1`,
     settings,
     received,
+    probes: () => probes,
     inFlight: () => inFlight,
     maxInFlight: () => maxInFlight,
     resetStats: () => {

@@ -439,6 +439,7 @@ const sweepCmd = command("sweep", () => true, (m) =>
     const result = yield* (yield* queue).sweep
     const at = m.now
     const unacked = ordered(m).filter((t) => t.status === "claimed" && t.claimedAt! < at - 30 * SEC)
+    const unresponsive = [...new Set(unacked.map((t) => t.holder!))].sort()
     for (const t of unacked) {
       notify(m, t.holder!, `Cancel:${t.id}`)
       loseHolder(m, t)
@@ -455,8 +456,9 @@ const sweepCmd = command("sweep", () => true, (m) =>
     for (const t of old) m.tasks.delete(t.id)
     m.deleted += old.length
     if (old.length > 0) count("retention")
-    assert.deepStrictEqual(result, {
+    assert.deepStrictEqual({ ...result, unresponsive: [...result.unresponsive].sort() }, {
       reverted: unacked.length,
+      unresponsive,
       expired: expired.length,
       timedOut: timedOut.length,
       deleted: old.length

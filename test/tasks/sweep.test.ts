@@ -63,11 +63,11 @@ describe("the periodic sweep of tasks", () => {
       yield* queue.ack("session-s", running.id, 1)
       yield* TestClock.adjust("31 minutes")
       const first = yield* queue.sweep
-      assert.deepStrictEqual(first, { reverted: 1, expired: 1, timedOut: 1, deleted: 1 })
+      assert.deepStrictEqual(first, { reverted: 1, unresponsive: ["session-s"], expired: 1, timedOut: 1, deleted: 1 })
       assert.strictEqual((yield* row(unacked.id))!.status, "pending")
       const after = yield* everything
       const second = yield* queue.sweep
-      assert.deepStrictEqual(second, { reverted: 0, expired: 0, timedOut: 0, deleted: 0 })
+      assert.deepStrictEqual(second, { reverted: 0, unresponsive: [], expired: 0, timedOut: 0, deleted: 0 })
       assert.strictEqual(yield* everything, after)
     }).pipe(Effect.provide(QueueTest)))
 

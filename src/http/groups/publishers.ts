@@ -33,8 +33,29 @@ export const ErrorPayload = Schema.Struct({
   message: Schema.String.pipe(Schema.maxLength(65_536)),
   status: Schema.optionalWith(HttpStatus, { default: () => 502 }),
   body: Schema.optional(Schema.Unknown),
-  attempt: Attempt
+  attempt: Attempt,
+  /**
+   * The upstream could not be reached before any output: the task goes back
+   * to the queue for another member (ignored once output was sent).
+   */
+  retry: Schema.optionalWith(Schema.Boolean, { default: () => false })
 })
+
+/**
+ * A heartbeat's optional body (v1.1): each provider's upstream health. No
+ * body (or `{}`) is the old heartbeat; a provider left out keeps its health.
+ */
+export const HeartbeatPayload = Schema.NullOr(Schema.Struct({
+  providers: Schema.optional(
+    Schema.Record({
+      key: Schema.String,
+      value: Schema.Struct({
+        healthy: Schema.Boolean,
+        reason: Schema.optional(Schema.NullOr(Schema.String.pipe(Schema.maxLength(65_536))))
+      })
+    }).pipe(Schema.filter((r) => Object.keys(r).length <= 1024 || "providers: at most 1024 entries"))
+  )
+}))
 
 const taskPost = <const Name extends string, A, I>(name: Name, segment: string, payload: Schema.Schema<A, I>) =>
   HttpApiEndpoint.post(name, `/v1/publishers/sessions/:sessionId/tasks/:taskId/${segment}`)
@@ -57,6 +78,7 @@ export class PublishersApi extends HttpApiGroup.make("publishers")
   .add(
     HttpApiEndpoint.post("heartbeat", "/v1/publishers/sessions/:sessionId/heartbeat")
       .setPath(SessionPath)
+      .setPayload(storable(HeartbeatPayload))
       .addSuccess(Schema.Struct({ ok: Schema.Literal(true) }))
   )
   .add(

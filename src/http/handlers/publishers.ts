@@ -3,7 +3,6 @@ import { Effect, Schedule, Stream } from "effect"
 import { RelayConfig } from "../../config.js"
 import type { Frame } from "../../domain/Frames.js"
 import { TaskAlreadyTerminal, TaskNotHeld } from "../../domain/Task.js"
-import { Registry } from "../../registry/Registry.js"
 import { Sessions } from "../../sessions/Sessions.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
@@ -17,7 +16,6 @@ const frameEvent = (frame: Frame): string => {
 
 export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (handlers) =>
   Effect.gen(function*() {
-    const registry = yield* Registry
     const sessions = yield* Sessions
     const queue = yield* TaskQueue
     const config = yield* RelayConfig
@@ -57,10 +55,15 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
           )
           return Sse.response(body)
         }))
-      .handle("heartbeat", ({ path }) =>
+      .handle("heartbeat", ({ path, payload }) =>
         Effect.gen(function*() {
           yield* ownSession(path.sessionId)
-          yield* registry.heartbeat(path.sessionId)
+          const reported = Object.entries(payload?.providers ?? {}).map(([name, health]) => ({
+            name,
+            healthy: health.healthy,
+            reason: health.reason ?? null
+          }))
+          yield* sessions.heartbeat(path.sessionId, reported)
           return { ok: true as const }
         }))
       .handle("goodbye", ({ path }) =>
@@ -90,8 +93,8 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
             path.sessionId,
             path.taskId,
             payload.body === undefined
-              ? { message: payload.message, status: payload.status }
-              : { message: payload.message, status: payload.status, body: payload.body },
+              ? { message: payload.message, status: payload.status, retry: payload.retry }
+              : { message: payload.message, status: payload.status, body: payload.body, retry: payload.retry },
             payload.attempt
           ))
         ))
