@@ -73,6 +73,8 @@ const askStreaming = async (model: string, content: string, c = client) => {
   return text
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
 const waitUntil = async (check: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000) => {
   const deadline = performance.now() + timeoutMs
   while (!(await check())) {
@@ -169,6 +171,26 @@ describe("llm-relay publish", () => {
     const result = await answer
     assert.strictEqual(result.choices[0]!.message.content, "echo: survive")
     assert.strictEqual(fast.received.length, 1)
+  })
+
+  it("SIGKILL, then a call while it is away: the call waits (reconnect grace) and the restarted publisher serves it", async () => {
+    const fake = await upstream()
+    const name = unique("blip")
+    const provider = `name=${name},upstream=${fake.baseUrl},model=m`
+    const first = await publish([provider])
+    const sessionId = sessionOf(first)
+    assert.strictEqual((await ask(name, "before")).choices[0]!.message.content, "echo: before") // its stream is open
+    await kill(first)
+    await waitUntil(async () => (await llms()).find((l) => l.name === name)?.status === "inactive", "the drop")
+    // gone without a goodbye: not 503 at once, the call waits for the publisher to come back
+    const answer = ask(name, "after the blip")
+    const settled = await Promise.race([
+      answer.then(() => "answered", () => "failed"),
+      sleep(1000).then(() => "waiting")
+    ])
+    assert.strictEqual(settled, "waiting")
+    await publish([provider], broker.url, ["--session-id", sessionId])
+    assert.strictEqual((await answer).choices[0]!.message.content, "echo: after the blip")
   })
 
   it("SIGTERM with a task in flight: the task completes, then the session is gone (inactive)", async () => {
