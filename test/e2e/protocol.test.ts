@@ -301,6 +301,56 @@ describe("publisher posts", () => {
   })
 })
 
+describe("queued streams", () => {
+  it("a stream still queued after 3 s gets its headers and ': queued' comments; the SDK reads the output that follows", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const client = new OpenAI({ apiKey: clientToken, baseURL: `${broker.url}/v1`, maxRetries: 0 })
+    const started = performance.now()
+    const { data: stream, response } = await client.chat.completions
+      .create({ model: name, messages: [{ role: "user", content: "wait for it" }], stream: true })
+      .withResponse()
+    // the headers came before any output: the publisher has not even acked
+    const headersAfter = performance.now() - started
+    assert.isAtLeast(headersAfter, 2_900)
+    assert.strictEqual(response.headers.get("content-type"), "text/event-stream")
+    const frame = await publisher.nextTask()
+    const read = (async () => {
+      let text = ""
+      for await (const part of stream) text += part.choices[0]?.delta?.content ?? ""
+      return text
+    })()
+    await new Promise((r) => setTimeout(r, 500)) // a few keepalive intervals (200 ms here) of ': queued'
+    await publisher.post(frame.taskId, "chunks", { chunks: [chunk("late "), chunk("answer")], attempt: frame.attempt })
+    await publisher.post(frame.taskId, "result", { status: 200, attempt: frame.attempt })
+    assert.strictEqual(await read, "late answer")
+    publisher.disconnect()
+  })
+
+  it("on the wire: ': queued' first; an upstream 429 after the headers is the in-band error frame, the status stays 200", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const response = await fetch(`${broker.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${clientToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: name, stream: true, messages: [] })
+    })
+    assert.strictEqual(response.status, 200)
+    const events = parseSse(response.body!)
+    const first = await events.next()
+    assert.strictEqual(first.value?.event, ":")
+    assert.include(first.value?.data ?? "", "queued")
+    const frame = await publisher.nextTask()
+    await publisher.post(frame.taskId, "error", { message: "slow down", status: 429, attempt: frame.attempt })
+    let last: SseEvent | undefined
+    for await (const event of { [Symbol.asyncIterator]: () => events }) {
+      if (event.event !== ":") last = event
+    }
+    assert.strictEqual(JSON.parse(last!.data).error.type, "UpstreamError")
+    publisher.disconnect()
+  })
+})
+
 describe("roles and the SDK", () => {
   it("a wrong role is 403 before the body is looked at", async () => {
     const adminOnly = await call("/v1/tokens", { method: "POST", token: clientToken, raw: "{}" })
