@@ -247,6 +247,41 @@ describe("publisher posts", () => {
     publisher.disconnect()
   })
 
+  it("a lone surrogate in a publisher's result, chunks or error is stored as U+FFFD: the post is 204 and the client gets its answer", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const client = new OpenAI({ apiKey: clientToken, baseURL: `${broker.url}/v1`, maxRetries: 0 })
+    const whole = client.chat.completions.create({ model: name, messages: [] })
+    const first = await publisher.nextTask()
+    const done = await publisher.post(first.taskId, "result", { status: 200, body: completion("a\ud800b"), attempt: 1 })
+    assert.strictEqual(done.status, 204, await done.text())
+    assert.strictEqual((await whole).choices[0]!.message.content, "a\ufffdb")
+
+    const streamed = fetch(`${broker.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${clientToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: name, stream: true, messages: [] })
+    })
+    const second = await publisher.nextTask(10_000, 1)
+    // the chunk's JSON text itself holds the raw lone surrogate (not its escape)
+    const chunked = await publisher.post(second.taskId, "chunks", { chunks: ["x\udc00y"], attempt: 1 })
+    assert.strictEqual(chunked.status, 204, await chunked.text())
+    await publisher.post(second.taskId, "result", { status: 200, attempt: 1 })
+    assert.include(await (await streamed).text(), "data: x\ufffdy")
+
+    const failing = client.chat.completions.create({ model: name, messages: [] }).catch((e: unknown) => e)
+    const third = await publisher.nextTask(10_000, 2)
+    const failed = await publisher.post(third.taskId, "error", {
+      status: 502,
+      message: "upstream said \ud800",
+      body: { error: { message: "\ud800", type: "x" } },
+      attempt: 1
+    })
+    assert.strictEqual(failed.status, 204, await failed.text())
+    assert.strictEqual(((await failing) as { status: number }).status, 502)
+    publisher.disconnect()
+  })
+
   it("a post for a task that has ended is 409 TaskNotHeld", async () => {
     const name = unique("llm")
     const publisher = await online([{ name }])

@@ -164,6 +164,37 @@ layer(AppLive, { timeout: 120_000, excludeTestServices: true })("the wire error 
       assert.strictEqual((yield* call("/v1/llms", { token: client })).status, 200)
     }))
 
+  it.effect("a lone UTF-16 surrogate in a client's body (value or key): 400 BadRequest naming it, not a 500", () =>
+    Effect.gen(function*() {
+      const client = (yield* token("client")).token
+      // JSON.stringify writes a lone surrogate as the escape \ud800, as a hostile client would send it
+      const lone = JSON.stringify({ model: "m", body: { messages: [{ role: "user", content: "a\ud800b" }] } })
+      assert.include(lone, "\\ud800")
+      assertWireError(
+        yield* call("/v1/tasks", { method: "POST", token: client, body: lone }),
+        400,
+        "BadRequest",
+        /^body\.messages\[0\]\.content: .*lone UTF-16 surrogate/
+      )
+      assertWireError(
+        yield* call("/v1/chat/completions", {
+          method: "POST",
+          token: client,
+          body: JSON.stringify({ model: "m", messages: [{ ["\udc00key"]: "x" }] })
+        }),
+        400,
+        "BadRequest",
+        /^messages\[0\]\..*: .*lone UTF-16 surrogate/
+      )
+      // a surrogate pair is a character like any other
+      const pair = yield* call("/v1/tasks", {
+        method: "POST",
+        token: client,
+        body: JSON.stringify({ model: "no-such-model", body: { messages: [{ content: "\ud83d\ude00" }] } })
+      })
+      assertWireError(pair, 404, "ModelNotFound")
+    }))
+
   it.effect("each error leaves with its class's status: 404 for an unknown route, 413 PayloadTooLarge, 403 Forbidden", () =>
     Effect.gen(function*() {
       const client = (yield* token("client")).token

@@ -60,7 +60,8 @@ export const HeartbeatPayload = Schema.NullOr(Schema.Struct({
 const taskPost = <const Name extends string, A, I>(name: Name, segment: string, payload: Schema.Schema<A, I>) =>
   HttpApiEndpoint.post(name, `/v1/publishers/sessions/:sessionId/tasks/:taskId/${segment}`)
     .setPath(TaskPath)
-    .setPayload(storable(payload))
+    // the upstream's text: lone surrogates are replaced (by the handler), not refused
+    .setPayload(storable(payload, { loneSurrogates: "allow" }))
     .addSuccess(HttpApiSchema.NoContent)
 
 /** What a publisher process talks to (role publisher or admin). */

@@ -1,38 +1,82 @@
 /**
- * PostgreSQL text and jsonb cannot hold U+0000. A request that carries one in
- * anything it decodes (a body at any depth, keys included, a path or query
- * parameter) is a 400 naming the field, refused while decoding, before any
- * statement runs.
+ * PostgreSQL text and jsonb cannot hold U+0000, and jsonb refuses a lone
+ * UTF-16 surrogate (`"\ud800"`, valid in a JavaScript string, not in
+ * Unicode). A client request that carries either in anything it decodes (a
+ * body at any depth, keys included, a path or query parameter) is a 400
+ * naming the field, refused while decoding, before any statement runs.
+ * Publisher text (results, chunks, errors) is the upstream's answer, not the
+ * publisher's mistake: its lone surrogates become U+FFFD (`replaceLoneSurrogates`)
+ * instead, as PROTOCOL.md says; its NULs are still refused.
  */
 import { Predicate, Schema } from "effect"
 
-/** The path to the first string (a value or a key) holding U+0000. */
-const findNul = (value: unknown, path: ReadonlyArray<PropertyKey>): ReadonlyArray<PropertyKey> | undefined => {
-  if (typeof value === "string") return value.includes("\u0000") ? path : undefined
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+const LONE_SURROGATES = new RegExp(LONE_SURROGATE.source, "g")
+
+type Problem = "nul" | "surrogate"
+
+const problemOf = (text: string, surrogates: boolean): Problem | undefined =>
+  text.includes("\u0000") ? "nul" : surrogates && LONE_SURROGATE.test(text) ? "surrogate" : undefined
+
+/** The path to the first string (a value or a key) that cannot be stored, and why. */
+const findUnstorable = (
+  value: unknown,
+  path: ReadonlyArray<PropertyKey>,
+  surrogates: boolean
+): { readonly path: ReadonlyArray<PropertyKey>; readonly problem: Problem } | undefined => {
+  if (typeof value === "string") {
+    const problem = problemOf(value, surrogates)
+    return problem === undefined ? undefined : { path, problem }
+  }
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
-      const found = findNul(value[i], [...path, i])
+      const found = findUnstorable(value[i], [...path, i], surrogates)
       if (found !== undefined) return found
     }
     return undefined
   }
   if (Predicate.isRecord(value)) {
     for (const [key, member] of Object.entries(value)) {
-      if (key.includes("\u0000")) return [...path, key]
-      const found = findNul(member, [...path, key])
+      const problem = problemOf(key, surrogates)
+      if (problem !== undefined) return { path: [...path, key], problem }
+      const found = findUnstorable(member, [...path, key], surrogates)
       if (found !== undefined) return found
     }
   }
   return undefined
 }
 
-/** `schema`, refusing a value that holds U+0000 anywhere. */
-export const storable = <A, I, R>(schema: Schema.Schema<A, I, R>) =>
+const messages: Record<Problem, string> = {
+  nul: "holds a NUL character (\\u0000), which cannot be stored",
+  surrogate: "holds a lone UTF-16 surrogate (such as \\ud800), which is not valid Unicode"
+}
+
+/**
+ * `schema`, refusing a value that holds U+0000 anywhere, or (unless
+ * `loneSurrogates` is "allow", for publisher text that is cleaned instead) a
+ * lone surrogate.
+ */
+export const storable = <A, I, R>(
+  schema: Schema.Schema<A, I, R>,
+  options: { readonly loneSurrogates: "refuse" | "allow" } = { loneSurrogates: "refuse" }
+) =>
   schema.pipe(
     Schema.filter((value) => {
-      const path = findNul(value, [])
-      return path === undefined
-        ? undefined
-        : { path, message: "holds a NUL character (\\u0000), which cannot be stored" }
+      const found = findUnstorable(value, [], options.loneSurrogates === "refuse")
+      return found === undefined ? undefined : { path: found.path, message: messages[found.problem] }
     })
   )
+
+/** A copy of `value` with every lone surrogate in its strings (keys too) replaced by U+FFFD. */
+export const replaceLoneSurrogates = <A>(value: A): A => {
+  if (typeof value === "string") {
+    return (LONE_SURROGATE.test(value) ? value.replace(LONE_SURROGATES, "\uFFFD") : value) as A
+  }
+  if (Array.isArray(value)) return value.map(replaceLoneSurrogates) as A
+  if (Predicate.isRecord(value)) {
+    return Object.fromEntries(
+      Object.entries(value).map(([key, member]) => [replaceLoneSurrogates(key), replaceLoneSurrogates(member)])
+    ) as A
+  }
+  return value
+}

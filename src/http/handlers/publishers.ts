@@ -7,6 +7,7 @@ import { Sessions } from "../../sessions/Sessions.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
 import { CurrentPrincipal } from "../Auth.js"
+import { replaceLoneSurrogates } from "../groups/storable.js"
 import * as Sse from "../Sse.js"
 
 const frameEvent = (frame: Frame): string => {
@@ -70,13 +71,15 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
         Effect.zipRight(ownSession(path.sessionId), sessions.close(path.sessionId, "goodbye")))
       .handle("ack", ({ path, payload }) =>
         Effect.zipRight(ownSession(path.sessionId), notHeld(queue.ack(path.sessionId, path.taskId, payload.attempt))))
-      .handle("chunks", ({ path, payload }) =>
+      // the upstream's text, lone surrogates replaced by U+FFFD (PROTOCOL.md common rules)
+      .handle("chunks", ({ path, payload: raw }) =>
         Effect.zipRight(
           ownSession(path.sessionId),
-          notHeld(queue.appendChunks(path.sessionId, path.taskId, payload.chunks, payload.attempt))
+          notHeld(queue.appendChunks(path.sessionId, path.taskId, replaceLoneSurrogates(raw.chunks), raw.attempt))
         ))
-      .handle("result", ({ path, payload }) =>
-        Effect.zipRight(
+      .handle("result", ({ path, payload: raw }) => {
+        const payload = replaceLoneSurrogates(raw)
+        return Effect.zipRight(
           ownSession(path.sessionId),
           // no body: a bare 200 (a streamed task's end)
           notHeld(queue.complete(
@@ -85,9 +88,11 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
             payload.body === undefined ? { status: payload.status } : { status: payload.status, body: payload.body },
             payload.attempt
           ))
-        ))
-      .handle("error", ({ path, payload }) =>
-        Effect.zipRight(
+        )
+      })
+      .handle("error", ({ path, payload: raw }) => {
+        const payload = replaceLoneSurrogates(raw)
+        return Effect.zipRight(
           ownSession(path.sessionId),
           notHeld(queue.fail(
             path.sessionId,
@@ -97,5 +102,6 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
               : { message: payload.message, status: payload.status, body: payload.body, retry: payload.retry },
             payload.attempt
           ))
-        ))
+        )
+      })
   }))
