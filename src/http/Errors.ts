@@ -99,7 +99,10 @@ const asDomainError = (error: unknown): unknown => {
   if (HttpServerError.isServerError(error)) {
     switch (error._tag) {
       case "RouteNotFound":
-        return new NotFound({ message: `no route ${error.request.method} ${error.request.url}` })
+        // the path alone: a query string may hold a secret, which has no place in an answer
+        return new NotFound({
+          message: `no route ${error.request.method} ${error.request.url.split("?")[0]!.slice(0, 200)}`
+        })
       case "RequestError":
         return isTooLarge(error)
           ? new PayloadTooLarge({ message: "the request body is over the size limit" })

@@ -21,7 +21,7 @@ import {
   Stream
 } from "effect"
 import { RelayConfig } from "../config.js"
-import type { BadRequest } from "../domain/Errors.js"
+import { BadRequest } from "../domain/Errors.js"
 import type { Llm, LlmRow } from "../domain/Llm.js"
 import {
   isTerminal,
@@ -477,7 +477,11 @@ export const make = Effect.gen(function*() {
     model,
     destination,
     call,
-    enqueue: (principal, request) => queue.enqueue({ ...request, ownerId: principal.id }),
+    // a client may lower its tasks' priority, never raise them above everyone else's (PROTOCOL.md)
+    enqueue: (principal, request) =>
+      principal.role !== "admin" && (request.priority ?? 0) > 0
+        ? Effect.fail(new BadRequest({ message: "priority: a client's tasks may not go above 0 (-100 to 0)" }))
+        : queue.enqueue({ ...request, ownerId: principal.id }),
     list: (principal, request) =>
       queue.list(principal.role === "admin" ? request : { ...request, ownerId: principal.id }),
     get,

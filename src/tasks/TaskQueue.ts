@@ -95,9 +95,11 @@ const decodeCursor = (cursor: string) => {
   const text = Buffer.from(cursor, "base64url").toString("utf8")
   const colon = text.indexOf(":")
   const millis = Number(text.slice(0, colon))
-  // a forged cursor may decode to U+0000, which no task id holds (nor PostgreSQL text)
-  return colon > 0 && Number.isInteger(millis) && !text.includes("\u0000")
-    ? Option.some({ createdAt: new Date(millis), id: text.slice(colon + 1) })
+  const createdAt = new Date(millis)
+  // a forged cursor may decode to U+0000, which no task id holds (nor PostgreSQL text), or to a
+  // number no Date holds (an Invalid Date, which the driver cannot send)
+  return colon > 0 && Number.isInteger(millis) && !Number.isNaN(createdAt.getTime()) && !text.includes("\u0000")
+    ? Option.some({ createdAt, id: text.slice(colon + 1) })
     : Option.none()
 }
 

@@ -282,6 +282,26 @@ describe("publisher posts", () => {
     publisher.disconnect()
   })
 
+  it("an attempt past int4, a 1xx status, a body with 204: 400 naming the field, and the task is untouched", async () => {
+    const name = unique("llm")
+    const publisher = await online([{ name }])
+    const created = await createTask(name)
+    const frame = await publisher.nextTask()
+    const huge = await publisher.post(frame.taskId, "ack", { attempt: 3_000_000_000 })
+    assert.strictEqual(huge.status, 400)
+    assert.match(((await huge.json()) as { error: { message: string } }).error.message, /^attempt: /)
+    const informational = await publisher.post(frame.taskId, "result", { status: 100, body: {}, attempt: 1 })
+    assert.strictEqual(informational.status, 400)
+    assert.match(((await informational.json()) as { error: { message: string } }).error.message, /^status: /)
+    const noContent = await publisher.post(frame.taskId, "result", { status: 204, body: { x: 1 }, attempt: 1 })
+    assert.strictEqual(noContent.status, 400)
+    assert.match(((await noContent.json()) as { error: { message: string } }).error.message, /^body: .*204/)
+    const task = await call(`/v1/tasks/${created.body.id}`, { token: clientToken })
+    assert.strictEqual(task.body.status, "claimed")
+    assert.strictEqual((await publisher.post(frame.taskId, "result", { status: 204, attempt: 1 })).status, 204)
+    publisher.disconnect()
+  })
+
   it("a post for a task that has ended is 409 TaskNotHeld", async () => {
     const name = unique("llm")
     const publisher = await online([{ name }])

@@ -195,6 +195,34 @@ layer(AppLive, { timeout: 120_000, excludeTestServices: true })("the wire error 
       assertWireError(pair, 404, "ModelNotFound")
     }))
 
+  it.effect("hostile values that were 500s are 400s naming the field: a cursor of no Date, a priority out of range", () =>
+    Effect.gen(function*() {
+      const client = (yield* token("client")).token
+      const admin = (yield* token("admin")).token
+      // a cursor decoding to a number no Date holds
+      const cursor = Buffer.from("99999999999999999999:x").toString("base64url")
+      assertWireError(yield* call(`/v1/tasks?cursor=${cursor}`, { token: client }), 400, "BadRequest", /cursor/)
+      const task = (priority: number, who: string) =>
+        call("/v1/tasks", {
+          method: "POST",
+          token: who,
+          body: JSON.stringify({ model: "no-such-model", priority, body: { messages: [] } })
+        })
+      assertWireError(yield* task(1000, admin), 400, "BadRequest", /^priority: .*-100 to 100/)
+      // a client may not jump the queue; an admin may (the unknown model answers next)
+      assertWireError(yield* task(1, client), 400, "BadRequest", /priority/)
+      assertWireError(yield* task(50, admin), 404, "ModelNotFound")
+      assertWireError(yield* task(-100, client), 404, "ModelNotFound")
+    }))
+
+  it.effect("a 404 for an unknown route names the path, never the query string (it may hold a secret)", () =>
+    Effect.gen(function*() {
+      const client = (yield* token("client")).token
+      const answer = yield* call("/v1/nope?api_key=sk-secret-value", { token: client })
+      assertWireError(answer, 404, "NotFound", /\/v1\/nope/)
+      assert.notInclude(JSON.stringify(answer.body), "sk-secret-value")
+    }))
+
   it.effect("each error leaves with its class's status: 404 for an unknown route, 413 PayloadTooLarge, 403 Forbidden", () =>
     Effect.gen(function*() {
       const client = (yield* token("client")).token

@@ -12,23 +12,40 @@ const TaskPath = storable(Schema.Struct({ sessionId: Schema.String, taskId: Sche
  * after a sticky reconnect is stale (409), never taken for the current one.
  */
 const Attempt = Schema.Int.pipe(
-  Schema.positive({ message: () => "attempt must be a positive integer" }),
+  // a task is dispatched a handful of times; past int4 the fence's SQL would fail
+  Schema.between(1, 2_147_483_647, { message: () => "attempt must be a positive integer (at most 2147483647)" }),
   Schema.annotations({ missingMessage: () => "attempt is required: the attempt of the task frame this post answers" })
 )
+/**
+ * The status a client will get: a final answer (200-599). 1xx is not an
+ * answer (a client reads `100 Continue` and waits for more).
+ */
 const HttpStatus = Schema.Int.pipe(
-  Schema.between(100, 599, { message: () => "status must be an HTTP status (100-599)" })
+  Schema.between(200, 599, { message: () => "status must be a final HTTP status (200-599)" })
 )
+/** 204, 205 and 304 answers carry no body: one given with them could never reach the client. */
+const bodiless = new Set([204, 205, 304])
+const withBodyAllowed = <A extends { readonly status: number; readonly body?: unknown }, I>(
+  schema: Schema.Schema<A, I>
+) =>
+  schema.pipe(
+    Schema.filter((post) =>
+      post.body !== undefined && post.body !== null && bodiless.has(post.status)
+        ? { path: ["body"], message: `a status ${post.status} answer has no body; leave it out` }
+        : undefined
+    )
+  )
 
 export const AckPayload = Schema.Struct({ attempt: Attempt })
 export const ChunksPayload = Schema.Struct({
   chunks: Schema.Array(Schema.String).pipe(Schema.maxItems(10_000)),
   attempt: Attempt
 })
-export const ResultPayload = Schema.Struct({
+export const ResultPayload = withBodyAllowed(Schema.Struct({
   status: Schema.optionalWith(HttpStatus, { default: () => 200 }),
   body: Schema.optional(Schema.Unknown),
   attempt: Attempt
-})
+}))
 export const ErrorPayload = Schema.Struct({
   message: Schema.String.pipe(Schema.maxLength(65_536)),
   status: Schema.optionalWith(HttpStatus, { default: () => 502 }),

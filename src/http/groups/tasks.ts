@@ -9,7 +9,10 @@ export const CreateTaskRequest = Schema.Struct({
   path: Schema.optionalWith(TaskPath, { default: () => "/v1/chat/completions" as const }),
   body: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
   agentId: Schema.optional(Schema.NullOr(Schema.String.pipe(Schema.maxLength(256)))),
-  priority: Schema.optionalWith(Schema.Int.pipe(Schema.between(-1000, 1000)), { default: () => 0 })
+  priority: Schema.optionalWith(
+    Schema.Int.pipe(Schema.between(-100, 100, { message: () => "priority must be an integer from -100 to 100" })),
+    { default: () => 0 }
+  )
 })
 
 const IdPath = storable(Schema.Struct({ id: Schema.String }))
