@@ -48,7 +48,9 @@ export const describeIssues = (issues: ReadonlyArray<ParseResult.ArrayFormatterI
       const path = issue.path
         .map((key, i) => (typeof key === "number" ? `[${key}]` : i === 0 ? String(key) : `.${String(key)}`))
         .join("")
-      return path.length > 0 ? `${path}: ${issue.message}` : issue.message
+      // a message quotes the offending value: at most 200 characters of it, never a whole body
+      const message = issue.message.length > 300 ? `${issue.message.slice(0, 300)}…` : issue.message
+      return path.length > 0 ? `${path.slice(0, 200)}: ${message}` : message
     })
     .join("; ")
 

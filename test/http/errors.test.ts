@@ -215,6 +215,19 @@ layer(AppLive, { timeout: 120_000, excludeTestServices: true })("the wire error 
       assertWireError(yield* task(-100, client), 404, "ModelNotFound")
     }))
 
+  it.effect("JSON nested 4,500 levels deep, and a 7 MB value of the wrong type: 400s with short messages", () =>
+    Effect.gen(function*() {
+      const client = (yield* token("client")).token
+      const deep = `{"model":"m","messages":${"[".repeat(4500)}${"]".repeat(4500)}}`
+      const nested = yield* call("/v1/chat/completions", { method: "POST", token: client, body: deep })
+      assertWireError(nested, 400, "BadRequest", /nested deeper than 128 levels/)
+      assert.isBelow(JSON.stringify(nested.body).length, 1000)
+      const big = JSON.stringify({ model: "m", body: "x".repeat(7 * 1024 * 1024) })
+      const wrongType = yield* call("/v1/tasks", { method: "POST", token: client, body: big })
+      assertWireError(wrongType, 400, "BadRequest", /^body: /)
+      assert.isBelow(JSON.stringify(wrongType.body).length, 1000, "the value is not echoed whole")
+    }))
+
   it.effect("a 404 for an unknown route names the path, never the query string (it may hold a secret)", () =>
     Effect.gen(function*() {
       const client = (yield* token("client")).token

@@ -13,7 +13,10 @@ import { Predicate, Schema } from "effect"
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 const LONE_SURROGATES = new RegExp(LONE_SURROGATE.source, "g")
 
-type Problem = "nul" | "surrogate"
+type Problem = "nul" | "surrogate" | "depth"
+
+/** Deeper JSON is refused: no request needs it, and PostgreSQL's jsonb and recursive readers choke on it. */
+export const MAX_DEPTH = 128
 
 const problemOf = (text: string, surrogates: boolean): Problem | undefined =>
   text.includes("\u0000") ? "nul" : surrogates && LONE_SURROGATE.test(text) ? "surrogate" : undefined
@@ -24,6 +27,7 @@ const findUnstorable = (
   path: ReadonlyArray<PropertyKey>,
   surrogates: boolean
 ): { readonly path: ReadonlyArray<PropertyKey>; readonly problem: Problem } | undefined => {
+  if (path.length > MAX_DEPTH) return { path: path.slice(0, 3), problem: "depth" }
   if (typeof value === "string") {
     const problem = problemOf(value, surrogates)
     return problem === undefined ? undefined : { path, problem }
@@ -48,7 +52,8 @@ const findUnstorable = (
 
 const messages: Record<Problem, string> = {
   nul: "holds a NUL character (\\u0000), which cannot be stored",
-  surrogate: "holds a lone UTF-16 surrogate (such as \\ud800), which is not valid Unicode"
+  surrogate: "holds a lone UTF-16 surrogate (such as \\ud800), which is not valid Unicode",
+  depth: `is nested deeper than ${MAX_DEPTH} levels`
 }
 
 /**
