@@ -15,7 +15,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Option } from "effect"
 import { createServer } from "node:http"
 import { RelayConfig } from "../config.js"
-import { PayloadTooLarge } from "../domain/Errors.js"
+import { BadRequest, PayloadTooLarge } from "../domain/Errors.js"
 import { RelayApi } from "./Api.js"
 import { AuthorizationLive } from "./Auth.js"
 import { domainErrorResponse, errorMiddleware } from "./Errors.js"
@@ -34,6 +34,13 @@ const bodyLimit = HttpApiBuilder.middleware(
   Effect.map(RelayConfig, (config) => (app) =>
     Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
+      // every body this API takes is JSON: a form would otherwise be decoded into the payload
+      const type = (request.headers["content-type"] ?? "").toLowerCase()
+      if (type.startsWith("multipart/") || type.startsWith("application/x-www-form-urlencoded")) {
+        return domainErrorResponse(
+          new BadRequest({ message: "the body must be JSON (Content-Type: application/json), not a form" })
+        )
+      }
       const length = Number(request.headers["content-length"] ?? "0")
       if (Number.isFinite(length) && length > config.maxBodyBytes) {
         return domainErrorResponse(

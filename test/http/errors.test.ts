@@ -228,6 +228,53 @@ layer(AppLive, { timeout: 120_000, excludeTestServices: true })("the wire error 
       assert.isBelow(JSON.stringify(wrongType.body).length, 1000, "the value is not echoed whole")
     }))
 
+  it.effect("a form on a JSON route, a public URL with credentials: 400s; clients do not see which session serves a row", () =>
+    Effect.gen(function*() {
+      const url = yield* baseUrl
+      const admin = (yield* token("admin")).token
+      const client = (yield* token("client")).token
+      const publisher = (yield* token("publisher")).token
+      const form = new FormData()
+      form.set("role", "admin")
+      form.set("name", "from-a-form")
+      const posted = yield* Effect.promise(() =>
+        fetch(`${url}/v1/tokens`, { method: "POST", headers: { authorization: `Bearer ${admin}` }, body: form })
+          .then(async (r) => ({ status: r.status, body: await r.json() }))
+      )
+      assertWireError(posted, 400, "BadRequest", /must be JSON/)
+      const encoded = yield* Effect.promise(() =>
+        fetch(`${url}/v1/tokens`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${admin}`, "content-type": "application/x-www-form-urlencoded" },
+          body: "role=admin&name=x"
+        }).then(async (r) => ({ status: r.status, body: await r.json() }))
+      )
+      assertWireError(encoded, 400, "BadRequest", /must be JSON/)
+      const listed = yield* call("/v1/tokens", { token: admin })
+      assert.notInclude(JSON.stringify(listed.body), "from-a-form", "no token was made from the form")
+
+      const withCredentials = yield* call("/v1/llms", {
+        method: "POST",
+        token: admin,
+        body: JSON.stringify({ name: "creds", model: "m", url: "http://user:hunter2@upstream.example/v1" })
+      })
+      assertWireError(withCredentials, 400, "BadRequest", /^url: .*credentials/)
+      assert.notInclude(JSON.stringify(withCredentials.body), "hunter2")
+
+      const registered = yield* call("/v1/publishers/sessions", {
+        method: "POST",
+        token: publisher,
+        body: JSON.stringify({ sessionId: "sess-visible-1", providers: [{ name: "whose-row", model: "m" }] })
+      })
+      assert.strictEqual(registered.status, 200)
+      const row = (answer: Effect.Effect.Success<ReturnType<typeof call>>) =>
+        (answer.body.data as Array<{ name: string; providerSessionId: string | null }>).find((l) =>
+          l.name === "whose-row"
+        )!
+      assert.isNull(row(yield* call("/v1/llms", { token: client })).providerSessionId)
+      assert.strictEqual(row(yield* call("/v1/llms", { token: publisher })).providerSessionId, "sess-visible-1")
+    }))
+
   it.effect("a 404 for an unknown route names the path, never the query string (it may hold a secret)", () =>
     Effect.gen(function*() {
       const client = (yield* token("client")).token

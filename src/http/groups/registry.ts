@@ -8,7 +8,12 @@ export const CreatePublicLlm = Schema.Struct({
   name: LlmName,
   model: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(512)),
   url: Schema.String.pipe(
-    Schema.filter((s) => URL.canParse(s) && /^https?:/.test(s), { message: () => "url must be an http(s) URL" })
+    Schema.filter((s) => URL.canParse(s) && /^https?:/.test(s), { message: () => "url must be an http(s) URL" }),
+    // credentials in a URL would travel wherever the URL does: the upstream's key goes in apiKey
+    Schema.filter((s) => {
+      const url = new URL(s)
+      return url.username === "" && url.password === ""
+    }, { message: () => "url must not hold credentials (user:password@); give the upstream's key as apiKey" })
   ),
   apiKey: Schema.optional(Schema.String),
   pool: Schema.optional(LlmName),
