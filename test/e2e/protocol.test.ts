@@ -5,6 +5,7 @@
  * official `openai` SDK and a raw publisher as clients.
  */
 import { Duration } from "effect"
+import * as Http from "node:http"
 import OpenAI from "openai"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { startBroker, type TestBroker } from "../support/broker.js"
@@ -458,6 +459,42 @@ describe("roles and the SDK", () => {
 })
 
 describe("public LLMs", () => {
+  it("an upstream that never answers: 504 Timeout after X-Relay-Timeout, and the upstream request is aborted", async () => {
+    let aborted = false
+    const silent = Http.createServer((_req, res) => {
+      res.on("close", () => (aborted = true)) // never answered: only the broker giving up closes it
+    })
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve))
+    try {
+      const port = (silent.address() as { port: number }).port
+      const name = unique("silent")
+      const created = await call("/v1/llms", {
+        method: "POST",
+        token: broker.adminToken,
+        raw: JSON.stringify({ name, model: "m", url: `http://127.0.0.1:${port}/v1` })
+      })
+      assert.strictEqual(created.status, 201)
+      const started = performance.now()
+      const response = await fetch(`${broker.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${clientToken}`,
+          "content-type": "application/json",
+          "x-relay-timeout": "1"
+        },
+        body: JSON.stringify({ model: name, messages: [] })
+      })
+      assert.strictEqual(response.status, 504)
+      assert.strictEqual(((await response.json()) as { error: { type: string } }).error.type, "Timeout")
+      assert.isBelow(performance.now() - started, 10_000)
+      for (let i = 0; i < 100 && !aborted; i++) await new Promise((r) => setTimeout(r, 20))
+      assert.isTrue(aborted, "the upstream request was aborted")
+    } finally {
+      silent.closeAllConnections()
+      silent.close()
+    }
+  })
+
   it("are proxied by name and by a pool of only public rows, streamed or not; the API key never comes back", async () => {
     const upstream = await startFakeUpstream({ chunks: 3 })
     try {

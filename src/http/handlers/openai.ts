@@ -6,6 +6,7 @@
  */
 import { HttpApiBuilder, type HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Option, Stream } from "effect"
+import { RelayConfig } from "../../config.js"
 import type { Task, TaskPath } from "../../domain/Task.js"
 import { type Answer, Destination, type Output, QUEUED, Relay } from "../../tasks/Relay.js"
 import { RelayApi } from "../Api.js"
@@ -68,6 +69,7 @@ const answerResponse = (answer: Answer) => {
 export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
   Effect.gen(function*() {
     const relay = yield* Relay
+    const config = yield* RelayConfig
 
     const infer = (path: TaskPath) =>
     (
@@ -80,7 +82,11 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
         const principal = yield* CurrentPrincipal
         const destination = yield* relay.destination(String(payload.model))
         return yield* Destination.$match(destination, {
-          Proxy: ({ row }) => proxyPublic(row, path, payload, request),
+          Proxy: ({ row }) =>
+            Effect.flatMap(
+              Headers.seconds(request, "X-Relay-Timeout"),
+              (timeout) => proxyPublic(row, path, payload, Option.getOrElse(timeout, () => config.syncTimeout))
+            ),
           Queue: ({ route }) =>
             Effect.gen(function*() {
               const maxWait = yield* Headers.seconds(request, "X-Relay-Max-Wait")

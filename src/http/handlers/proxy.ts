@@ -3,17 +3,18 @@
  * row's URL (an OpenAI base URL ending in /v1) with its API key, and the
  * upstream's status, content type and body come back as they are, streamed.
  */
-import { type HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Effect, Stream } from "effect"
+import { HttpServerResponse } from "@effect/platform"
+import { Duration, Effect, Stream } from "effect"
 import type { LlmRow } from "../../domain/Llm.js"
-import { UpstreamError } from "../../domain/Task.js"
+import { Timeout, UpstreamError } from "../../domain/Task.js"
 import { joinUpstream } from "../../domain/Url.js"
 
 export const proxyPublic = (
   row: LlmRow,
   path: string,
   body: Record<string, unknown>,
-  _request: HttpServerRequest.HttpServerRequest
+  /** How long the upstream may take to answer (its headers): `X-Relay-Timeout`, as for a relayed call. */
+  timeout: Duration.Duration
 ) =>
   Effect.gen(function*() {
     const url = joinUpstream(row.url ?? "", path)
@@ -30,7 +31,14 @@ export const proxyPublic = (
         }),
       catch: (cause) =>
         new UpstreamError({ status: 502, message: `the public LLM '${row.name}' is unreachable: ${String(cause)}` })
-    })
+    }).pipe(
+      // the fetch is aborted (its signal) when the time runs out
+      Effect.timeoutFail({
+        duration: timeout,
+        onTimeout: () =>
+          new Timeout({ message: `the public LLM '${row.name}' did not answer within ${Duration.format(timeout)}` })
+      })
+    )
     const contentType = response.headers.get("content-type") ?? "application/json"
     if (response.body === null) return HttpServerResponse.empty({ status: response.status })
     return HttpServerResponse.stream(
