@@ -65,6 +65,8 @@ export interface RegistryShape {
   readonly resolve: (name: string) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly llmsOfSession: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>>
   readonly findSession: (sessionId: string) => Effect.Effect<Option.Option<PublisherSession>>
+  /** The ids of a principal's sessions. */
+  readonly sessionsOf: (principalId: string) => Effect.Effect<ReadonlyArray<string>>
   readonly getSession: (sessionId: string) => Effect.Effect<PublisherSession, SessionNotFound>
   /** An admin adds a public LLM (a fixed upstream URL the broker calls itself). */
   readonly createPublic: (input: PublicLlmSpec) => Effect.Effect<Llm, NameConflict>
@@ -243,6 +245,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
     resolve,
     llmsOfSession,
     findSession,
+    sessionsOf: (principalId: string) => repo.sessionsOf(principalId),
     getSession,
     createPublic,
     deleteByName,

@@ -87,6 +87,8 @@ export interface RegistryRepoShape {
   readonly insertPublic: (input: PublicLlmSpec, now: Date) => Effect.Effect<Option.Option<LlmRow>>
   readonly deleteByName: (name: string) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly findSession: (sessionId: string) => Effect.Effect<Option.Option<PublisherSession>>
+  /** The ids of a principal's sessions. */
+  readonly sessionsOf: (principalId: string) => Effect.Effect<ReadonlyArray<string>>
   /** Locks the session row: register, unbind and heartbeat of one session serialize on it. */
   readonly lockSession: (sessionId: string) => Effect.Effect<Option.Option<PublisherSession>>
   /** Creates or takes over the session row; false when it belongs to another principal. */
@@ -341,6 +343,14 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
   })
   const findSession = (sessionId: string) => Effect.orDie(findSessionRow(sessionId))
 
+  const sessionIdsOf = SqlSchema.findAll({
+    Request: Schema.String,
+    Result: Schema.Struct({ id: Schema.String }),
+    execute: (principalId) => sql`SELECT id FROM llm_relay.publisher_sessions WHERE principal_id = ${principalId}`
+  })
+  const sessionsOf = (principalId: string) =>
+    sessionIdsOf(principalId).pipe(Effect.map((rows) => rows.map((row) => row.id)), Effect.orDie)
+
   const lockSessionRow = SqlSchema.findOne({
     Request: Schema.String,
     Result: SessionRow,
@@ -387,6 +397,7 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
     insertPublic,
     deleteByName,
     findSession,
+    sessionsOf,
     lockSession,
     upsertSession
   } as const

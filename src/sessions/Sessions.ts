@@ -71,6 +71,12 @@ export interface SessionsShape {
     sessionId: string,
     providers?: ReadonlyArray<ProviderHealth>
   ) => Effect.Effect<void, SessionNotFound>
+  /**
+   * The principal's token was revoked: each of its sessions ends as after a
+   * goodbye (stream closed, rows inactive, held tasks back to the queue), so
+   * an open stream stops receiving prompts at once.
+   */
+  readonly closeAllOf: (principalId: string) => Effect.Effect<number>
   /** Whether the session's stream is open on this broker. */
   readonly isOpen: (sessionId: string) => Effect.Effect<boolean>
 }
@@ -289,7 +295,13 @@ export const make = Effect.gen(function*() {
 
   const isOpen = (sessionId: string) => FiberMap.has(actors, sessionId)
 
-  return { register, authorize, open, close, heartbeat, isOpen } satisfies SessionsShape
+  const closeAllOf = Effect.fn("Sessions.closeAllOf")(function*(principalId: string) {
+    const ids = yield* registry.sessionsOf(principalId)
+    yield* Effect.forEach(ids, (id) => Effect.zipRight(owners.invalidate(id), close(id, "goodbye")), { discard: true })
+    return ids.length
+  })
+
+  return { register, authorize, open, close, heartbeat, isOpen, closeAllOf } satisfies SessionsShape
 })
 
 export class Sessions extends Context.Tag("llm-relay/Sessions")<Sessions, SessionsShape>() {

@@ -303,6 +303,27 @@ describe("publisher posts", () => {
     publisher.disconnect()
   })
 
+  it("revoking a publisher's token closes its open stream at once; its held task goes back to the queue; its posts are 401", async () => {
+    const created = await call("/v1/tokens", {
+      method: "POST",
+      token: broker.adminToken,
+      raw: JSON.stringify({ role: "publisher", name: unique("revoked") })
+    })
+    assert.strictEqual(created.status, 201, JSON.stringify(created.body))
+    const publisher = new RawPublisher(broker.url, created.body.token)
+    const name = unique("llm")
+    assert.strictEqual((await publisher.register([{ name }])).status, 200)
+    await publisher.connect()
+    const task = await createTask(name)
+    const frame = await publisher.nextTask()
+    const revoked = await call(`/v1/tokens/${created.body.id}`, { method: "DELETE", token: broker.adminToken })
+    assert.isBelow(revoked.status, 300, JSON.stringify(revoked.body))
+    await publisher.waitClosed(5_000)
+    const after = await call(`/v1/tasks/${task.body.id}`, { token: clientToken })
+    assert.strictEqual(after.body.status, "pending", "the task is free for another publisher")
+    assert.strictEqual((await publisher.post(frame.taskId, "ack", { attempt: frame.attempt })).status, 401)
+  })
+
   it("a post for a task that has ended is 409 TaskNotHeld", async () => {
     const name = unique("llm")
     const publisher = await online([{ name }])
