@@ -7,16 +7,16 @@
  */
 import { SqlClient } from "@effect/sql"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Layer, Option, Queue, Scope, Stream, TestClock, TestServices } from "effect"
+import { Effect, Fiber, Layer, Option, Queue, Scope, TestClock } from "effect"
 import * as Broker from "../../src/Broker.js"
 import type { Frame, TaskFrame } from "../../src/domain/Frames.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { Sessions } from "../../src/sessions/Sessions.js"
 import { Sweeper } from "../../src/sweeper/Sweeper.js"
-import { type Answer, Destination, Relay } from "../../src/tasks/Relay.js"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
 import { ConfigTest } from "../support/layers.js"
 import { provider } from "../support/registry.js"
+import { call, nextTask, openStream, settle } from "../support/sessions.js"
 import { live, row } from "../support/tasks.js"
 import * as TestDatabase from "../support/TestDatabase.js"
 
@@ -25,53 +25,12 @@ const Services = Sweeper.layerManual.pipe(
   Layer.provideMerge(Layer.merge(TestDatabase.layer, ConfigTest))
 )
 
-/** Lets real time pass, for asserting that something did NOT happen. */
-const settle = TestServices.provideLive(Effect.sleep("300 millis"))
-
-/** Opens a session's task stream in `scope`; its frames land in a queue. */
-const openStream = (sessionId: string, scope: Scope.Scope) =>
-  Effect.gen(function*() {
-    const sessions = yield* Sessions
-    const frames = yield* Queue.unbounded<Frame>()
-    const stream = yield* Scope.extend(sessions.open(sessionId), scope)
-    const fiber = yield* Effect.forkIn(Stream.runForEach(stream, (frame) => Queue.offer(frames, frame)), scope)
-    return { frames, fiber }
-  })
-
-/** The next task frame of a stream (real time). */
-const nextTask = (frames: Queue.Queue<Frame>) =>
-  live(
-    Effect.gen(function*() {
-      while (true) {
-        const frame = yield* Queue.take(frames)
-        if (frame._tag === "task") return frame
-      }
-    }),
-    "a task frame"
-  )
-
 /** No task frame arrives for a while. */
 const noTask = (frames: Queue.Queue<Frame>) =>
   Effect.gen(function*() {
     yield* settle
     const all = yield* Queue.takeAll(frames)
     assert.deepStrictEqual([...all].filter((f) => f._tag === "task"), [], "no task frame")
-  })
-
-/** A synchronous call as the OpenAI routes make it. */
-const call = (model: string) =>
-  Effect.gen(function*() {
-    const relay = yield* Relay
-    const destination = yield* relay.destination(model)
-    if (!Destination.$is("Queue")(destination)) return assert.fail("expected a queued destination")
-    return (yield* relay.call({
-      ownerId: "client-1",
-      path: "/v1/chat/completions",
-      body: { model, messages: [{ role: "user", content: "hi" }] },
-      route: destination.route,
-      maxWait: Option.none(),
-      timeout: Option.none()
-    })) as Answer
   })
 
 const enqueue = (model: string) =>

@@ -4,85 +4,19 @@
  * PostgreSQL, the session actors of the broker, TestClock for every wait.
  */
 import { assert, describe, it } from "@effect/vitest"
-import {
-  Chunk,
-  Duration,
-  Effect,
-  Exit,
-  Fiber,
-  Layer,
-  Option,
-  Queue,
-  Scope,
-  Stream,
-  TestClock,
-  TestServices
-} from "effect"
+import { Chunk, Effect, Exit, Fiber, Layer, Option, Queue, Scope, Stream, TestClock } from "effect"
 import * as Broker from "../../src/Broker.js"
-import type { Frame } from "../../src/domain/Frames.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { Sessions } from "../../src/sessions/Sessions.js"
-import { type Answer, Destination, type Output, QUEUED, Relay } from "../../src/tasks/Relay.js"
+import { type Answer, type Output, QUEUED } from "../../src/tasks/Relay.js"
 import { TaskQueue } from "../../src/tasks/TaskQueue.js"
 import { ConfigTest } from "../support/layers.js"
 import { provider } from "../support/registry.js"
+import { call, eventually, nextTask, openStream, settle } from "../support/sessions.js"
 import { countTasks, live, row } from "../support/tasks.js"
 import * as TestDatabase from "../support/TestDatabase.js"
 
 const Services = Broker.services.pipe(Layer.provideMerge(Layer.merge(TestDatabase.layer, ConfigTest)))
-
-/** Real time passes (actors and guards do real SQL) until `check` holds. */
-const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string) =>
-  Effect.gen(function*() {
-    for (let i = 0; i < 250; i++) {
-      if (yield* check) return
-      yield* TestServices.provideLive(Effect.sleep("20 millis"))
-    }
-    return assert.fail(`timed out waiting for ${what}`)
-  })
-
-/** Lets real time pass, for asserting that something did NOT happen. */
-const settle = TestServices.provideLive(Effect.sleep("300 millis"))
-
-/** Opens a session's task stream in `scope`; its frames land in a queue. */
-const openStream = (sessionId: string, scope: Scope.Scope) =>
-  Effect.gen(function*() {
-    const sessions = yield* Sessions
-    const frames = yield* Queue.unbounded<Frame>()
-    const stream = yield* Scope.extend(sessions.open(sessionId), scope)
-    yield* Effect.forkIn(Stream.runForEach(stream, (frame) => Queue.offer(frames, frame)), scope)
-    return frames
-  })
-
-/** The next task frame of a stream (real time). */
-const nextTask = (frames: Queue.Queue<Frame>) =>
-  live(
-    Effect.gen(function*() {
-      while (true) {
-        const frame = yield* Queue.take(frames)
-        if (frame._tag === "task") return frame
-      }
-    }),
-    "a task frame"
-  )
-
-/** A synchronous call as the OpenAI routes make it, forked in the test's scope. */
-const call = (model: string, options: { readonly stream?: boolean; readonly maxWaitSeconds?: number } = {}) =>
-  Effect.gen(function*() {
-    const relay = yield* Relay
-    const destination = yield* relay.destination(model)
-    if (!Destination.$is("Queue")(destination)) return assert.fail("expected a queued destination")
-    return yield* relay.call({
-      ownerId: "client-1",
-      path: "/v1/chat/completions",
-      body: { model, messages: [{ role: "user", content: "hi" }], ...(options.stream ? { stream: true } : {}) },
-      route: destination.route,
-      maxWait: options.maxWaitSeconds === undefined
-        ? Option.none()
-        : Option.some(Duration.seconds(options.maxWaitSeconds)),
-      timeout: Option.none()
-    }).pipe(Effect.map((answer) => answer as Answer))
-  })
 
 const failedWith = (answer: Answer) => (answer._tag === "Failed" ? answer.error._tag : answer._tag)
 
@@ -120,7 +54,7 @@ describe("reconnect grace", () => {
       const fiber = yield* Effect.fork(call("back"))
       yield* eventually(Effect.map(pendingTasks, (t) => t.length === 1), "the call to queue")
       // back within the grace, no clock moved: the claim wakes the call
-      const frames = yield* openStream("sess-back-1", yield* Effect.scope)
+      const { frames } = yield* openStream("sess-back-1", yield* Effect.scope)
       const frame = yield* nextTask(frames)
       if (frame._tag !== "task") return assert.fail("expected a task")
       yield* queue.complete("sess-back-1", frame.taskId, { status: 200, body: { answer: 42 } }, frame.attempt)
@@ -150,7 +84,7 @@ describe("reconnect grace", () => {
         sessionId: "sess-busy",
         providers: [provider("busy", { maxConcurrent: 1 })]
       })
-      const frames = yield* openStream("sess-busy", yield* Effect.scope)
+      const { frames } = yield* openStream("sess-busy", yield* Effect.scope)
       const running = yield* Effect.fork(call("busy"))
       yield* nextTask(frames)
       const queued = yield* Effect.fork(call("busy"))
@@ -206,7 +140,7 @@ describe("queued streams", () => {
       const registry = yield* Registry
       const queue = yield* TaskQueue
       yield* registry.register("pub", { sessionId: "sess-queued", providers: [provider("q", { maxConcurrent: 1 })] })
-      const frames = yield* openStream("sess-queued", yield* Effect.scope)
+      const { frames } = yield* openStream("sess-queued", yield* Effect.scope)
       yield* Effect.fork(call("q"))
       const blocking = yield* nextTask(frames)
       const fiber = yield* Effect.fork(call("q", { stream: true }))
@@ -238,7 +172,7 @@ describe("queued streams", () => {
       const registry = yield* Registry
       const queue = yield* TaskQueue
       yield* registry.register("pub", { sessionId: "sess-failing", providers: [provider("f", { maxConcurrent: 1 })] })
-      const frames = yield* openStream("sess-failing", yield* Effect.scope)
+      const { frames } = yield* openStream("sess-failing", yield* Effect.scope)
       const early = yield* Effect.fork(call("f", { stream: true }))
       const first = yield* nextTask(frames)
       if (first._tag !== "task") return assert.fail("expected a task")
@@ -271,7 +205,7 @@ describe("queued streams", () => {
       const registry = yield* Registry
       const queue = yield* TaskQueue
       yield* registry.register("pub", { sessionId: "sess-fast", providers: [provider("fast")] })
-      const frames = yield* openStream("sess-fast", yield* Effect.scope)
+      const { frames } = yield* openStream("sess-fast", yield* Effect.scope)
       const fiber = yield* Effect.fork(call("fast", { stream: true }))
       const frame = yield* nextTask(frames)
       if (frame._tag !== "task") return assert.fail("expected a task")
