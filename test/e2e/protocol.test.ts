@@ -1,8 +1,8 @@
 /**
  * PROTOCOL.md's finer points end to end, on a broker of their own whose
- * running timeout, sweep and keepalives are short (300 ms, every 100 ms,
- * every 200 ms), with the
- * official `openai` SDK and a raw publisher as clients.
+ * sweep and keepalives are short (every 100 ms, every 200 ms), with the
+ * official `openai` SDK and a raw publisher as clients. The running-timeout
+ * test has a broker of its own (300 ms), so no other task here can run into it.
  */
 import { Duration } from "effect"
 import * as Http from "node:http"
@@ -18,7 +18,6 @@ let publisherToken: string
 
 beforeAll(async () => {
   broker = await startBroker({
-    runningTimeout: Duration.millis(300),
     sweepInterval: Duration.millis(100),
     keepaliveInterval: Duration.millis(200)
   })
@@ -65,18 +64,35 @@ describe("async tasks", () => {
   })
 
   it("/wait answers 200 with the Task for a task that ended in its own running Timeout; 504 only when the wait runs out", async () => {
-    const name = unique("llm")
-    const publisher = await online([{ name }])
-    const hung = await createTask(name)
-    const task = await publisher.nextTask()
-    await publisher.post(task.taskId, "ack", { attempt: task.attempt })
-    // the holder never answers: the sweep ends the task error Timeout after 300 ms
-    const waited = await call(`/v1/tasks/${hung.body.id}/wait?timeoutMs=10000`, { token: clientToken })
-    assert.strictEqual(waited.status, 200, JSON.stringify(waited.body))
-    assert.strictEqual(waited.body.status, "error")
-    assert.strictEqual(waited.body.id, hung.body.id)
-    await publisher.next((f) => f.event === "cancel" && JSON.parse(f.data).taskId === task.taskId)
-    publisher.disconnect()
+    // a broker of its own whose running timeout is 300 ms: on the shared one, every
+    // task that runs longer (a loaded machine) would end in that timeout
+    const hasty = await startBroker({ runningTimeout: Duration.millis(300), sweepInterval: Duration.millis(100) })
+    try {
+      const client = await hasty.token("client")
+      const publisher = new RawPublisher(hasty.url, await hasty.token("publisher"))
+      const name = unique("llm")
+      assert.strictEqual((await publisher.register([{ name }])).status, 200)
+      await publisher.connect()
+      const hung = await fetch(`${hasty.url}/v1/tasks`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${client}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: name, body: { model: name, messages: [] } })
+      }).then((r) => r.json() as Promise<{ id: string }>)
+      const task = await publisher.nextTask()
+      await publisher.post(task.taskId, "ack", { attempt: task.attempt })
+      // the holder never answers: the sweep ends the task error Timeout after 300 ms
+      const waited = await fetch(`${hasty.url}/v1/tasks/${hung.id}/wait?timeoutMs=10000`, {
+        headers: { authorization: `Bearer ${client}` }
+      })
+      const body = (await waited.json()) as { id: string; status: string }
+      assert.strictEqual(waited.status, 200, JSON.stringify(body))
+      assert.strictEqual(body.status, "error")
+      assert.strictEqual(body.id, hung.id)
+      await publisher.next((f) => f.event === "cancel" && JSON.parse(f.data).taskId === task.taskId)
+      publisher.disconnect()
+    } finally {
+      await hasty.close()
+    }
 
     const nobody = unique("llm")
     await new RawPublisher(broker.url, publisherToken).register([{ name: nobody }])
