@@ -304,6 +304,12 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosReport> => {
       const file = Path.join(Os.tmpdir(), `llm-relay-chaos-broker-${options.seed}.log`)
       Fs.writeFileSync(file, broker.output())
       say(`broker output (last 200 kB): ${file}`)
+      // and the first failure's cause itself, for a run whose files are gone by the time anyone looks (CI)
+      const output = broker.output()
+      const first = output.search(/unhandled failure|deadlock|RangeError|defect/)
+      if (first >= 0) {
+        table.push("broker output at its first failure:", ...output.slice(first, first + 4000).split("\n"))
+      }
       if (!invariants.every((i) => i.ok) && options.serverUrl !== undefined && options.serverUrl !== "") {
         keepDatabase = true
         say(`database kept for a look: ${database.url}`)

@@ -7,6 +7,7 @@ import { SqlClient } from "@effect/sql"
 import { Context, Duration, Effect, Layer, Option, Schema } from "effect"
 import * as Crypto from "node:crypto"
 import { cutoff, InstanceId, now, RelayConfig } from "../config.js"
+import { retryTransient } from "../db/Transient.js"
 import { BadRequest, badRequestFromParseError, Forbidden } from "../domain/Errors.js"
 import {
   type Llm,
@@ -117,7 +118,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
     }
     const sessionId = request.sessionId ?? Crypto.randomUUID()
     const at = yield* now
-    const rows = yield* sql.withTransaction(
+    const rows = yield* retryTransient(sql.withTransaction(
       Effect.gen(function*() {
         const existingSession = yield* repo.lockSession(sessionId)
         if (Option.isSome(existingSession) && existingSession.value.principalId !== principalId) {
@@ -153,7 +154,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
         yield* repo.deactivateUnlisted(sessionId, names, at)
         return names.map((name) => byName.get(name)!)
       })
-    ).pipe(Effect.catchTag("SqlError", Effect.die))
+    )).pipe(Effect.catchTag("SqlError", Effect.die))
     return new Registration({
       sessionId,
       heartbeatIntervalMs: Duration.toMillis(config.heartbeatInterval),
@@ -186,14 +187,28 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
     }
   )
 
+  /**
+   * A statement that writes the session row and its `llms` rows, in the one
+   * lock order every transaction here keeps: the session row first, then its
+   * rows (register does the same). A single statement writing both tables
+   * takes them in whatever order its plan does, and deadlocked against a
+   * re-registration of the same session (found by the chaos suite).
+   */
+  const sessionFirst = <A>(sessionId: string, write: Effect.Effect<A>) =>
+    retryTransient(sql.withTransaction(Effect.zipRight(repo.lockSession(sessionId), write))).pipe(
+      Effect.catchTag("SqlError", Effect.die)
+    )
+
   /** The session's stream opened: its rows are online. */
   const bindSession = Effect.fn("Registry.bindSession")(function*(sessionId: string) {
-    return toLlms(yield* repo.activateSession(sessionId, instanceId, yield* now))
+    const at = yield* now
+    return toLlms(yield* sessionFirst(sessionId, repo.activateSession(sessionId, instanceId, at)))
   })
 
   /** The session's stream closed (or it said goodbye, or went silent): rows inactive at once. */
   const unbindSession = Effect.fn("Registry.unbindSession")(function*(sessionId: string, goodbye: boolean) {
-    return toLlms(yield* repo.deactivateSession(sessionId, goodbye, yield* now))
+    const at = yield* now
+    return toLlms(yield* sessionFirst(sessionId, repo.deactivateSession(sessionId, goodbye, at)))
   })
 
   /** At start: rows of sessions that only a dead broker process served are offline until they reconnect. */
@@ -203,7 +218,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
 
   const gcSweep: Effect.Effect<SweepResult> = Effect.gen(function*() {
     const at = yield* Effect.clockWith((c) => c.currentTimeMillis)
-    const stale = yield* repo.deactivateStale(cutoff(at, config.heartbeatTimeout), new Date(at))
+    const stale = yield* retryTransient(repo.deactivateStale(cutoff(at, config.heartbeatTimeout), new Date(at)))
     const deleted = yield* repo.deleteExpiredInactive(cutoff(at, config.inactiveRetention))
     const staleSessions = [...new Set(stale.flatMap((row) => (row.providerSessionId ? [row.providerSessionId] : [])))]
     return { markedInactive: stale.length, deleted: deleted.length, staleSessions }

@@ -548,6 +548,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
       WITH target AS MATERIALIZED (
         SELECT id, claimed_by, output_started, attempts >= ${maxAttempts} AS spent
         FROM llm_relay.inference_tasks WHERE ${held} AND ${where}
+        ORDER BY id
         FOR UPDATE
       )
       UPDATE llm_relay.inference_tasks t

@@ -8,6 +8,7 @@
 import { Context, Deferred, Duration, Effect, Layer, Mailbox, Option, Queue, type Scope, type Stream } from "effect"
 import * as Crypto from "node:crypto"
 import { cutoff, InstanceId, now, RelayConfig } from "../config.js"
+import { retryTransient } from "../db/Transient.js"
 import { BadRequest } from "../domain/Errors.js"
 import type { TaskFrame } from "../domain/Frames.js"
 import type { LlmRow } from "../domain/Llm.js"
@@ -571,7 +572,9 @@ export const make = Effect.gen(function*() {
 
   /** The session is gone: its held tasks revert or fail (PROTOCOL.md "Disconnects"). */
   const revertHeldBy = Effect.fn("TaskQueue.revertHeldBy")(function*(sessionId: string) {
-    const moved = yield* repo.revertHeldBy(sessionId, config.maxAttempts, yield* now)
+    const at = yield* now
+    // a lost session's tasks must not stay held for want of a retry: this runs as its stream closes
+    const moved = yield* retryTransient(repo.revertHeldBy(sessionId, config.maxAttempts, at))
     yield* announce(moved)
     return moved.length
   })
