@@ -5,6 +5,7 @@
 import { PgClient } from "@effect/sql-pg"
 import { Config, Effect, Layer, Option, Redacted, String as Str } from "effect"
 import * as Embedded from "./Embedded.js"
+import * as Pool from "./Pool.js"
 
 /**
  * Column names come back camelCased; JSON column contents are left exactly as
@@ -16,13 +17,15 @@ export const clientOptions = {
   transformJson: false
 } as const
 
-/** A `PgClient` on a URL. */
+/**
+ * A `PgClient` on a URL, over the pool whose connection hand-back cannot
+ * recurse (Pool.ts).
+ */
 export const layerUrl = (url: Redacted.Redacted<string>, options?: { readonly maxConnections?: number }) =>
-  PgClient.layer({
-    url,
+  PgClient.layerFromPool({
+    acquire: Pool.acquire({ url, maxConnections: options?.maxConnections, applicationName: "llm-relay" }),
     ...clientOptions,
-    applicationName: "llm-relay",
-    ...(options?.maxConnections !== undefined ? { maxConnections: options.maxConnections } : {})
+    applicationName: "llm-relay"
   })
 
 /** Where the database is, for the start-up log line (never the password). */

@@ -9,7 +9,7 @@ import { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Redacted } from "effect"
 import * as Crypto from "node:crypto"
 import { inject } from "vitest"
-import { clientOptions } from "../../src/db/Database.js"
+import { layerUrl } from "../../src/db/Database.js"
 import { migrate } from "../../src/db/Migrator.js"
 
 export const serverUrl = (): string => inject("databaseUrl")
@@ -41,7 +41,7 @@ export const createDatabase = Effect.gen(function*() {
 
 /** An empty database (no migrations): for the migration tests. */
 export const layerEmpty = Layer.unwrapScoped(
-  Effect.map(createDatabase, (db) => PgClient.layer({ url: Redacted.make(db.url), ...clientOptions }))
+  Effect.map(createDatabase, (db) => layerUrl(Redacted.make(db.url)))
 )
 
 /** A migrated database with its PgClient and SqlClient. */

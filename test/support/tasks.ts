@@ -1,10 +1,9 @@
 /** Helpers for TaskQueue tests: the queue over a fresh database, rows to enqueue against. */
 import { SqlClient } from "@effect/sql"
-import { PgClient } from "@effect/sql-pg"
 import { assert } from "@effect/vitest"
 import { Chunk, type Duration, Effect, Either, Layer, Queue, Redacted, TestServices } from "effect"
 import { InstanceId, RelayConfig, type RelayConfigShape } from "../../src/config.js"
-import { clientOptions } from "../../src/db/Database.js"
+import { layerUrl } from "../../src/db/Database.js"
 import { migrate } from "../../src/db/Migrator.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { Signals } from "../../src/signals/Signals.js"
@@ -112,11 +111,10 @@ export const queueLayer = (options: {
 }) => {
   const database = Layer.effectDiscard(migrate()).pipe(
     Layer.provideMerge(Layer.unwrapScoped(Effect.map(TestDatabase.createDatabase, (db) =>
-      PgClient.layer({
-        url: Redacted.make(db.url),
-        ...clientOptions,
-        ...(options.maxConnections !== undefined ? { maxConnections: options.maxConnections } : {})
-      })))),
+      layerUrl(
+        Redacted.make(db.url),
+        options.maxConnections !== undefined ? { maxConnections: options.maxConnections } : undefined
+      )))),
     Layer.orDie
   )
   const config = Layer.merge(RelayConfig.layerWith(options.config ?? {}), Layer.succeed(InstanceId, "instance-test"))
