@@ -45,6 +45,20 @@ export class Llm extends Schema.Class<Llm>("Llm")({
   updatedAt: Schema.Date
 }) {}
 
+/**
+ * A pool as `GET /v1/pools` shows it: the principal that owns it (null: the
+ * admins', e.g. a pool of public LLMs), whether an admin opened it to other
+ * principals' publishers, and its members' names.
+ */
+export class Pool extends Schema.Class<Pool>("Pool")({
+  name: Schema.String,
+  principalId: Schema.NullOr(Schema.String),
+  shared: Schema.Boolean,
+  members: Schema.Array(Schema.String),
+  createdAt: Schema.Date,
+  updatedAt: Schema.Date
+}) {}
+
 /** A row of `llms` as the database returns it (names camel-cased). */
 export const LlmRow = Schema.Struct({
   id: Schema.String,
@@ -58,6 +72,8 @@ export const LlmRow = Schema.Struct({
   tier: Schema.String,
   description: Schema.String,
   providerSessionId: Schema.NullOr(Schema.String),
+  /** The principal whose publisher registered it; null for a public LLM. */
+  ownerId: Schema.NullOr(Schema.String),
   status: LlmStatus,
   /** Its session's task stream is open (on some instance). */
   streamOpen: Schema.Boolean,

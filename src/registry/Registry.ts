@@ -15,12 +15,24 @@ import {
   LlmNotFound,
   type LlmRow,
   NameConflict,
+  Pool,
+  type ProviderSpec,
   type PublisherSession,
   RegisterRequest,
   Registration,
   SessionNotFound
 } from "../domain/Llm.js"
-import { type ProviderHealth, type PublicLlmSpec, RegistryRepo } from "./Repo.js"
+import { ModelNotFound } from "../domain/Task.js"
+import {
+  type PoolRow,
+  type PoolWithMembers,
+  type ProviderHealth,
+  type PublicLlmSpec,
+  RegistryRepo,
+  type SessionOwner
+} from "./Repo.js"
+
+const sorted = (names: ReadonlyArray<string>) => [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
 
 export interface SweepResult {
   /** Heartbeat-stale active rows flipped to inactive. */
@@ -61,6 +73,14 @@ export interface RegistryShape {
   readonly recoverAfterRestart: () => Effect.Effect<ReadonlyArray<Llm>>
   readonly gcSweep: Effect.Effect<SweepResult>
   readonly list: Effect.Effect<ReadonlyArray<Llm>>
+  /**
+   * A page of rows by name as `viewer` may see them (`providerSessionId`
+   * only for an admin and the row's owner); the cursor of the next page.
+   */
+  readonly page: (
+    viewer: { readonly id: string; readonly role: string },
+    request: { readonly limit: number; readonly cursor: string | undefined }
+  ) => Effect.Effect<{ readonly data: ReadonlyArray<Llm>; readonly nextCursor: string | null }, BadRequest>
   readonly findByName: (name: string) => Effect.Effect<Option.Option<Llm>>
   /** The rows a `model` names, as stored: the row of that name, or every member of that pool. */
   readonly resolve: (name: string) => Effect.Effect<ReadonlyArray<LlmRow>>
@@ -74,6 +94,10 @@ export interface RegistryShape {
   readonly deleteByName: (name: string) => Effect.Effect<void, LlmNotFound>
   /** The row as stored, with a public LLM's url and key (never sent to clients). */
   readonly findRow: (name: string) => Effect.Effect<Option.Option<LlmRow>>
+  /** Every pool with its owner, members and whether it is shared. */
+  readonly pools: Effect.Effect<ReadonlyArray<Pool>>
+  /** An admin opens a pool to other principals' publishers, or closes it again. */
+  readonly sharePool: (name: string, shared: boolean) => Effect.Effect<Pool, ModelNotFound>
 }
 
 const decodeRegister = Schema.decodeUnknown(RegisterRequest, { errors: "all", onExcessProperty: "ignore" })
@@ -87,19 +111,46 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
   const instanceId = yield* InstanceId
   const toLlms = (rows: ReadonlyArray<LlmRow>) => rows.map(llmFromRow)
 
-  const conflictOf = (row: LlmRow, sessionId: string): Option.Option<NameConflict> => {
-    if (row.kind === "public") {
-      return Option.some(
-        new NameConflict({
-          name: row.name,
-          message: `'${row.name}' is a public LLM; a publisher cannot publish over it`
-        })
-      )
+  /**
+   * Why a principal's session may not register `spec`, if it may not
+   * (PROTOCOL.md, registration rules). `rows` and `pools` hold the rows and
+   * pools named like any of the request's names and pools. A pool with no
+   * owner is the admins' (public LLMs, or rows older than ownership).
+   */
+  const conflictOf = (
+    spec: ProviderSpec,
+    owner: SessionOwner,
+    rows: ReadonlyMap<string, LlmRow>,
+    pools: ReadonlyMap<string, PoolRow>
+  ): Option.Option<NameConflict> => {
+    const name = spec.name
+    const pool = spec.pool ?? name
+    const conflict = (subject: string, message: string) => Option.some(new NameConflict({ name: subject, message }))
+    const theirs = (ownerId: string | null) => ownerId !== owner.principalId
+    const row = rows.get(name)
+    if (row !== undefined) {
+      if (row.kind === "public") return conflict(name, `'${name}' is a public LLM; a publisher cannot publish over it`)
+      if (row.ownerId !== null && theirs(row.ownerId)) {
+        return conflict(name, `'${name}' is an LLM of another principal`)
+      }
+      if (row.status === "active" && row.providerSessionId !== owner.sessionId) {
+        return conflict(name, `'${name}' is already active under a different session`)
+      }
     }
-    if (row.status === "active" && row.providerSessionId !== sessionId) {
-      return Option.some(
-        new NameConflict({ name: row.name, message: `'${row.name}' is already active under a different session` })
-      )
+    // a row named like a pool would take that pool's calls: only the pool's own members may, in a shared pool
+    const poolOfName = pools.get(name)
+    if (poolOfName !== undefined && theirs(poolOfName.ownerId) && !(pool === name && poolOfName.shared)) {
+      return conflict(name, `'${name}' is a pool of another principal`)
+    }
+    if (pool !== name) {
+      const joined = pools.get(pool)
+      if (joined !== undefined && theirs(joined.ownerId) && !joined.shared) {
+        return conflict(pool, `the pool '${pool}' belongs to another principal (an admin can share it)`)
+      }
+      const rowOfPool = rows.get(pool)
+      if (rowOfPool !== undefined && theirs(rowOfPool.ownerId) && joined?.shared !== true) {
+        return conflict(pool, `'${pool}' is an LLM of another principal; it cannot be used as a pool`)
+      }
     }
     return Option.none()
   }
@@ -124,12 +175,28 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
         if (Option.isSome(existingSession) && existingSession.value.principalId !== principalId) {
           return yield* new Forbidden({ message: `session '${sessionId}' belongs to another principal` })
         }
-        const existing = new Map((yield* repo.lockByNames(names)).map((row) => [row.name, row] as const))
-        for (const row of existing.values()) {
-          const conflict = conflictOf(row, sessionId)
+        const owner: SessionOwner = { sessionId, principalId }
+        const poolNames = request.providers.map((p) => p.pool ?? p.name)
+        // Locked in one order (rows, then pools, each by name) so registrations cannot deadlock
+        const touched = sorted([...new Set([...names, ...poolNames])])
+        const existing = new Map((yield* repo.lockByNames(touched)).map((row) => [row.name, row] as const))
+        const pools = new Map((yield* repo.lockPools(touched)).map((pool) => [pool.name, pool] as const))
+        for (const spec of request.providers) {
+          const conflict = conflictOf(spec, owner, existing, pools)
           if (Option.isSome(conflict)) return yield* conflict.value
         }
         yield* repo.upsertSession(sessionId, principalId, instanceId, at)
+        // a new pool is the registering principal's; one another registration made meanwhile is checked again
+        for (const poolName of sorted([...new Set(poolNames)])) {
+          if (pools.has(poolName)) continue
+          const pool = yield* repo.ensurePool(poolName, principalId, at)
+          if (pool.ownerId !== principalId && !pool.shared) {
+            return yield* new NameConflict({
+              name: poolName,
+              message: `the pool '${poolName}' belongs to another principal (an admin can share it)`
+            })
+          }
+        }
         // rows registered while the session streams are online at once; otherwise reconnecting until it opens
         const streamOpen = Option.isSome(existingSession) && existingSession.value.streamInstanceId !== null
         // Sorted so that two registrations touching the same new names take
@@ -138,10 +205,10 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
         for (const spec of [...request.providers].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
           const current = existing.get(spec.name)
           if (current !== undefined) {
-            byName.set(spec.name, yield* repo.claimRow(current.id, spec, sessionId, streamOpen, at))
+            byName.set(spec.name, yield* repo.claimRow(current.id, spec, owner, streamOpen, at))
             continue
           }
-          const inserted = yield* repo.insertVirtual(spec, sessionId, streamOpen, at)
+          const inserted = yield* repo.insertVirtual(spec, owner, streamOpen, at)
           if (Option.isNone(inserted)) {
             // Another registration inserted this name after our lock read.
             return yield* new NameConflict({
@@ -225,12 +292,46 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
   }).pipe(Effect.withSpan("Registry.gcSweep"))
 
   /** An admin adds a public LLM (a fixed upstream URL the broker calls itself). */
+  /**
+   * A public LLM named like a principal's pool would take that pool's calls:
+   * 409. Its pool, if new, is the admins'.
+   */
   const createPublic = Effect.fn("Registry.createPublic")(function*(input: PublicLlmSpec) {
-    const inserted = yield* repo.insertPublic(input, yield* now)
-    if (Option.isNone(inserted)) {
-      return yield* new NameConflict({ name: input.name, message: `an LLM named '${input.name}' already exists` })
-    }
-    return llmFromRow(inserted.value)
+    const at = yield* now
+    const pool = input.pool ?? input.name
+    const inserted = yield* retryTransient(sql.withTransaction(Effect.gen(function*() {
+      const pools = yield* repo.lockPools(sorted([...new Set([input.name, pool])]))
+      const named = pools.find((p) => p.name === input.name)
+      if (named !== undefined && named.ownerId !== null && input.name !== pool) {
+        return yield* new NameConflict({ name: input.name, message: `'${input.name}' is the name of a pool` })
+      }
+      const row = yield* repo.insertPublic(input, at)
+      if (Option.isNone(row)) {
+        return yield* new NameConflict({ name: input.name, message: `an LLM named '${input.name}' already exists` })
+      }
+      yield* repo.ensurePool(pool, null, at)
+      return row.value
+    }))).pipe(Effect.catchTag("SqlError", Effect.die))
+    return llmFromRow(inserted)
+  })
+
+  const poolView = (pool: PoolWithMembers) =>
+    new Pool({
+      name: pool.name,
+      principalId: pool.ownerId,
+      shared: pool.shared,
+      members: pool.members,
+      createdAt: pool.createdAt,
+      updatedAt: pool.updatedAt
+    })
+
+  const pools = Effect.map(repo.pools, (rows) => rows.map(poolView))
+
+  const sharePool = Effect.fn("Registry.sharePool")(function*(name: string, shared: boolean) {
+    const updated = yield* repo.setShared(name, shared, yield* now)
+    if (Option.isNone(updated)) return yield* new ModelNotFound({ message: `no pool '${name.slice(0, 200)}'` })
+    const found = (yield* repo.pools).find((p) => p.name === name)
+    return poolView(found ?? { ...updated.value, members: [] })
   })
 
   const deleteByName = Effect.fn("Registry.deleteByName")(function*(name: string) {
@@ -242,6 +343,31 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
   const findRow = (name: string) => repo.findByName(name)
 
   const list: Effect.Effect<ReadonlyArray<Llm>> = Effect.map(repo.all, toLlms)
+
+  const page = Effect.fn("Registry.page")(function*(
+    viewer: { readonly id: string; readonly role: string },
+    request: { readonly limit: number; readonly cursor: string | undefined }
+  ) {
+    let after: string | null = null
+    if (request.cursor !== undefined && request.cursor !== "") {
+      after = Buffer.from(request.cursor, "base64url").toString("utf8")
+      if (!/^[A-Za-z0-9._:/-]{1,128}$/.test(after)) {
+        return yield* new BadRequest({ message: "cursor is not one this API returned" })
+      }
+    }
+    const rows = yield* repo.page(after, request.limit + 1)
+    const shown = rows.slice(0, request.limit)
+    // which session serves a row is its owner's business (and an admin's), not another principal's
+    const data = shown.map((row) =>
+      viewer.role === "admin" || (row.ownerId !== null && row.ownerId === viewer.id)
+        ? llmFromRow(row)
+        : llmFromRow({ ...row, providerSessionId: null })
+    )
+    const nextCursor = rows.length > request.limit
+      ? Buffer.from(shown[shown.length - 1]!.name).toString("base64url")
+      : null
+    return { data, nextCursor }
+  })
   const findByName = (name: string) => Effect.map(repo.findByName(name), Option.map(llmFromRow))
   /** The rows a `model` names: the row of that name, or every member of that pool. */
   const resolve = (name: string) => repo.findByNameOrPool(name)
@@ -256,6 +382,7 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
     recoverAfterRestart,
     gcSweep,
     list,
+    page,
     findByName,
     resolve,
     llmsOfSession,
@@ -264,7 +391,9 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
     getSession,
     createPublic,
     deleteByName,
-    findRow
+    findRow,
+    pools,
+    sharePool
   } as const
 })
 

@@ -40,6 +40,8 @@ export interface ProviderHealth {
 export interface RegistryRepoShape {
   readonly all: Effect.Effect<ReadonlyArray<LlmRow>>
   readonly findByName: (name: string) => Effect.Effect<Option.Option<LlmRow>>
+  /** Up to `limit` rows by name, after `after` (exclusive). */
+  readonly page: (after: string | null, limit: number) => Effect.Effect<ReadonlyArray<LlmRow>>
   /** Members of a pool, or the row of that name: what a `model` resolves to. */
   readonly findByNameOrPool: (name: string) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly findBySession: (sessionId: string) => Effect.Effect<ReadonlyArray<LlmRow>>
@@ -48,18 +50,25 @@ export interface RegistryRepoShape {
   /** Insert a new virtual row; `None` when a concurrent registration took the name first. */
   readonly insertVirtual: (
     spec: ProviderSpec,
-    sessionId: string,
+    owner: SessionOwner,
     streamOpen: boolean,
     now: Date
   ) => Effect.Effect<Option.Option<LlmRow>>
-  /** Update in place or adopt: same `id`, now owned by `sessionId`, active and healthy. */
+  /** Update in place or adopt: same `id`, now served by the session, active and healthy. */
   readonly claimRow: (
     id: string,
     spec: ProviderSpec,
-    sessionId: string,
+    owner: SessionOwner,
     streamOpen: boolean,
     now: Date
   ) => Effect.Effect<LlmRow>
+  /** Locks the pool rows of these names (shared: registrations read them, an admin's PUT writes them). */
+  readonly lockPools: (names: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<PoolRow>>
+  /** Records a pool's owner unless the pool exists; the pool as stored either way. */
+  readonly ensurePool: (name: string, ownerId: string | null, now: Date) => Effect.Effect<PoolRow>
+  readonly setShared: (name: string, shared: boolean, now: Date) => Effect.Effect<Option.Option<PoolRow>>
+  /** Every pool with its members' names, by name. */
+  readonly pools: Effect.Effect<ReadonlyArray<PoolWithMembers>>
   readonly deactivateUnlisted: (
     sessionId: string,
     keep: ReadonlyArray<string>,
@@ -100,7 +109,27 @@ export interface RegistryRepoShape {
   ) => Effect.Effect<boolean>
 }
 
+/** A row of `llm_relay.pools`. */
+export const PoolRow = Schema.Struct({
+  name: Schema.String,
+  ownerId: Schema.NullOr(Schema.String),
+  shared: Schema.Boolean,
+  createdAt: Schema.DateFromSelf,
+  updatedAt: Schema.DateFromSelf
+})
+export type PoolRow = typeof PoolRow.Type
+
+export const PoolWithMembers = Schema.Struct({ ...PoolRow.fields, members: Schema.Array(Schema.String) })
+export type PoolWithMembers = typeof PoolWithMembers.Type
+
+/** The session a registration writes rows for, and its principal (the rows' owner). */
+export interface SessionOwner {
+  readonly sessionId: string
+  readonly principalId: string
+}
+
 const At = Schema.DateFromSelf
+const Owner = Schema.Struct({ sessionId: Schema.String, principalId: Schema.String })
 /** A provider as registration decoded it (its defaults applied): encoding it changes nothing. */
 const Provider = Schema.typeSchema(ProviderSpec)
 /** A session's rows at a moment: the request of most statements below. */
@@ -127,6 +156,14 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
 
   const all = llmRows(Schema.Void, () => sql`SELECT * FROM llm_relay.llms ORDER BY name`)(undefined)
   const findByName = llmRow(Schema.String, (name) => sql`SELECT * FROM llm_relay.llms WHERE name = ${name}`)
+  const pageRows = llmRows(
+    Schema.Struct({ after: Schema.NullOr(Schema.String), limit: Schema.Int }),
+    ({ after, limit }) =>
+      after === null
+        ? sql`SELECT * FROM llm_relay.llms ORDER BY name LIMIT ${limit}`
+        : sql`SELECT * FROM llm_relay.llms WHERE name > ${after} ORDER BY name LIMIT ${limit}`
+  )
+  const page = (after: string | null, limit: number) => pageRows({ after, limit })
   const findByNameOrPool = llmRows(
     Schema.String,
     (name) => sql`SELECT * FROM llm_relay.llms WHERE name = ${name} OR pool = ${name}`
@@ -141,44 +178,93 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
   )
 
   const insertVirtualRow = llmRow(
-    Schema.Struct({ spec: Provider, sessionId: Schema.String, streamOpen: Schema.Boolean, now: At }),
-    ({ now, sessionId, spec, streamOpen }) =>
+    Schema.Struct({ spec: Provider, owner: Owner, streamOpen: Schema.Boolean, now: At }),
+    ({ now, owner, spec, streamOpen }) =>
       sql`
       INSERT INTO llm_relay.llms (id, name, kind, type, model, pool, tier, description, provider_session_id,
-                        status, last_heartbeat_at, inactive_since, max_concurrent, created_at, updated_at,
-                        stream_open, healthy, down_since)
+                        owner_id, status, last_heartbeat_at, inactive_since, max_concurrent, created_at,
+                        updated_at, stream_open, healthy, down_since)
       VALUES (${Crypto.randomUUID()}, ${spec.name}, 'virtual', ${spec.type}, ${spec.model},
-              ${spec.pool ?? spec.name}, ${spec.tier}, ${spec.description}, ${sessionId},
-              'active', ${now}, NULL, ${spec.maxConcurrent}, ${now}, ${now},
+              ${spec.pool ?? spec.name}, ${spec.tier}, ${spec.description}, ${owner.sessionId},
+              ${owner.principalId}, 'active', ${now}, NULL, ${spec.maxConcurrent}, ${now}, ${now},
               ${streamOpen}, true, ${streamOpen ? null : now})
       ON CONFLICT (name) DO NOTHING
       RETURNING *`
   )
-  const insertVirtual = (spec: ProviderSpec, sessionId: string, streamOpen: boolean, now: Date) =>
-    insertVirtualRow({ spec, sessionId, streamOpen, now })
+  const insertVirtual = (spec: ProviderSpec, owner: SessionOwner, streamOpen: boolean, now: Date) =>
+    insertVirtualRow({ spec, owner, streamOpen, now })
 
   const claimLlmRow = SqlSchema.single({
     Request: Schema.Struct({
       id: Schema.String,
       spec: Provider,
-      sessionId: Schema.String,
+      owner: Owner,
       streamOpen: Schema.Boolean,
       now: At
     }),
     Result: LlmRow,
-    execute: ({ id, now, sessionId, spec, streamOpen }) =>
+    execute: ({ id, now, owner, spec, streamOpen }) =>
       sql`
       UPDATE llm_relay.llms SET type = ${spec.type}, model = ${spec.model}, pool = ${spec.pool ?? spec.name},
         tier = ${spec.tier}, description = ${spec.description}, max_concurrent = ${spec.maxConcurrent},
-        provider_session_id = ${sessionId}, status = 'active', last_heartbeat_at = ${now},
+        provider_session_id = ${owner.sessionId}, owner_id = ${owner.principalId},
+        status = 'active', last_heartbeat_at = ${now},
         inactive_since = NULL, version = version + 1, updated_at = ${now},
         stream_open = ${streamOpen}, healthy = true, health_reason = NULL,
         down_since = CASE WHEN ${streamOpen} THEN NULL ELSE COALESCE(down_since, ${now}) END
       WHERE id = ${id} AND kind = 'virtual'
       RETURNING *`
   })
-  const claimRow = (id: string, spec: ProviderSpec, sessionId: string, streamOpen: boolean, now: Date) =>
-    Effect.orDie(claimLlmRow({ id, spec, sessionId, streamOpen, now }))
+  const claimRow = (id: string, spec: ProviderSpec, owner: SessionOwner, streamOpen: boolean, now: Date) =>
+    Effect.orDie(claimLlmRow({ id, spec, owner, streamOpen, now }))
+
+  const lockPoolRows = SqlSchema.findAll({
+    Request: Schema.Array(Schema.String),
+    Result: PoolRow,
+    execute: (names) => sql`SELECT * FROM llm_relay.pools WHERE name = ANY(${names}) ORDER BY name FOR SHARE`
+  })
+  const lockPools = (names: ReadonlyArray<string>) => Effect.orDie(lockPoolRows(names))
+
+  const insertPool = SqlSchema.findOne({
+    Request: Schema.Struct({ name: Schema.String, ownerId: Schema.NullOr(Schema.String), now: At }),
+    Result: PoolRow,
+    execute: ({ name, now, ownerId }) =>
+      sql`
+      INSERT INTO llm_relay.pools (name, owner_id, shared, created_at, updated_at)
+      VALUES (${name}, ${ownerId}, false, ${now}, ${now})
+      ON CONFLICT (name) DO NOTHING
+      RETURNING *`
+  })
+  const findPool = SqlSchema.single({
+    Request: Schema.String,
+    Result: PoolRow,
+    execute: (name) => sql`SELECT * FROM llm_relay.pools WHERE name = ${name} FOR SHARE`
+  })
+  /** A pool inserted meanwhile by another registration is read once that one commits. */
+  const ensurePool = (name: string, ownerId: string | null, now: Date) =>
+    insertPool({ name, ownerId, now }).pipe(
+      Effect.flatMap(Option.match({ onNone: () => findPool(name), onSome: Effect.succeed })),
+      Effect.orDie
+    )
+
+  const setSharedRow = SqlSchema.findOne({
+    Request: Schema.Struct({ name: Schema.String, shared: Schema.Boolean, now: At }),
+    Result: PoolRow,
+    execute: ({ name, now, shared }) =>
+      sql`UPDATE llm_relay.pools SET shared = ${shared}, updated_at = ${now} WHERE name = ${name} RETURNING *`
+  })
+  const setShared = (name: string, shared: boolean, now: Date) => Effect.orDie(setSharedRow({ name, shared, now }))
+
+  const poolRows = SqlSchema.findAll({
+    Request: Schema.Void,
+    Result: PoolWithMembers,
+    execute: () =>
+      sql`
+      SELECT p.*, COALESCE(array_agg(l.name ORDER BY l.name) FILTER (WHERE l.name IS NOT NULL), '{}') AS members
+      FROM llm_relay.pools p LEFT JOIN llm_relay.llms l ON l.pool = p.name
+      GROUP BY p.name ORDER BY p.name`
+  })
+  const pools = Effect.orDie(poolRows(undefined))
 
   /**
    * Rows the session held but no longer lists go inactive and leave the
@@ -381,11 +467,16 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
   return {
     all,
     findByName,
+    page,
     findByNameOrPool,
     findBySession,
     lockByNames,
     insertVirtual,
     claimRow,
+    lockPools,
+    ensurePool,
+    setShared,
+    pools,
     deactivateUnlisted,
     heartbeat,
     reportHealth,

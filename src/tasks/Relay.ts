@@ -22,7 +22,7 @@ import {
 } from "effect"
 import { RelayConfig } from "../config.js"
 import { BadRequest } from "../domain/Errors.js"
-import type { Llm, LlmRow } from "../domain/Llm.js"
+import { type Llm, llmFromRow, type LlmRow } from "../domain/Llm.js"
 import {
   isTerminal,
   ModelNotFound,
@@ -173,18 +173,19 @@ export const make = Effect.gen(function*() {
   const signals = yield* Signals
   const config = yield* RelayConfig
 
+  const entry = (id: string, llm: Llm, kind: string, status: string): ModelEntry => ({
+    id,
+    object: "model",
+    created: Math.floor(llm.createdAt.getTime() / 1000),
+    owned_by: "llm-relay",
+    kind,
+    pool: llm.pool,
+    tier: llm.tier,
+    status
+  })
+
   const models = Effect.gen(function*() {
     const llms = yield* registry.list
-    const entry = (id: string, llm: Llm, kind: string, status: string): ModelEntry => ({
-      id,
-      object: "model",
-      created: Math.floor(llm.createdAt.getTime() / 1000),
-      owned_by: "llm-relay",
-      kind,
-      pool: llm.pool,
-      tier: llm.tier,
-      status
-    })
     const names = new Set(llms.map((l) => l.name))
     const pools = new Map<string, Array<Llm>>()
     for (const llm of llms) {
@@ -198,12 +199,20 @@ export const make = Effect.gen(function*() {
     ]
   })
 
+  /** One model by its id, read directly (the row of that name, else the pool's members): no listing. */
   const model = (id: string) =>
-    Effect.flatMap(models, (entries) => {
-      const found = entries.find((entry) => entry.id === id)
-      return found === undefined
-        ? Effect.fail(new ModelNotFound({ message: `the model '${id}' does not exist` }))
-        : Effect.succeed(found)
+    Effect.flatMap(registry.resolve(id), (rows) => {
+      const named = rows.find((row) => row.name === id)
+      if (named !== undefined) {
+        const llm = llmFromRow(named)
+        return Effect.succeed(entry(llm.name, llm, llm.kind, llm.status))
+      }
+      const members = rows.filter((row) => row.pool === id).map(llmFromRow)
+      return members.length === 0
+        ? Effect.fail(new ModelNotFound({ message: `the model '${id.slice(0, 200)}' does not exist` }))
+        : Effect.succeed(
+          entry(id, members[0]!, "pool", members.some((m) => m.status === "active") ? "active" : "inactive")
+        )
     })
 
   /**

@@ -1,6 +1,6 @@
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema } from "@effect/platform"
 import { Schema } from "effect"
-import { Llm, LlmName } from "../../domain/Llm.js"
+import { Llm, LlmName, Pool } from "../../domain/Llm.js"
 import { AdminAuthorization, Authorization } from "../Auth.js"
 import { storable } from "./storable.js"
 
@@ -21,12 +21,41 @@ export const CreatePublicLlm = Schema.Struct({
   description: Schema.optionalWith(Schema.String, { default: () => "" })
 })
 
-/** The LLM registry as seen by any token; public LLMs are managed by admins. */
+const blank = Schema.Literal("")
+
+/** `?limit=&cursor=`: rows by name, a page at a time. */
+export const LlmListParams = Schema.Struct({
+  limit: Schema.optionalWith(
+    Schema.Union(
+      blank,
+      Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 1000, { message: () => "limit must be 1-1000" }))
+    ),
+    { default: () => 500 }
+  ),
+  cursor: Schema.optional(Schema.String)
+})
+
+export const SharePool = Schema.Struct({ shared: Schema.Boolean })
+
+/** The LLM registry as seen by any token; public LLMs and pool sharing are managed by admins. */
 export class RegistryApi extends HttpApiGroup.make("registry")
   .add(
     HttpApiEndpoint.get("list", "/v1/llms")
-      .addSuccess(Schema.Struct({ data: Schema.Array(Llm) }))
+      .setUrlParams(storable(LlmListParams))
+      .addSuccess(Schema.Struct({ data: Schema.Array(Llm), nextCursor: Schema.NullOr(Schema.String) }))
       .middleware(Authorization)
+  )
+  .add(
+    HttpApiEndpoint.get("pools", "/v1/pools")
+      .addSuccess(Schema.Struct({ data: Schema.Array(Pool) }))
+      .middleware(Authorization)
+  )
+  .add(
+    HttpApiEndpoint.put("sharePool", "/v1/pools/:name")
+      .setPath(storable(Schema.Struct({ name: Schema.String })))
+      .setPayload(storable(SharePool))
+      .addSuccess(Pool)
+      .middleware(AdminAuthorization)
   )
   .add(
     HttpApiEndpoint.post("create", "/v1/llms")
