@@ -7,6 +7,7 @@ import { SqlClient } from "@effect/sql"
 import { Effect, Layer } from "effect"
 import { InstanceId, RelayConfig } from "./config.js"
 import { migrate } from "./db/Migrator.js"
+import { Limits } from "./limits/Limits.js"
 import { Registry } from "./registry/Registry.js"
 import { Sessions } from "./sessions/Sessions.js"
 import { Signals } from "./signals/Signals.js"
@@ -25,8 +26,8 @@ export const startup = Effect.gen(function*() {
   yield* queue.startupRecovery
 })
 
-/** Registry, Tokens, Signals, TaskQueue, Relay and Sessions (no background fibers). */
-export const services = Layer.merge(Sessions.layer, Relay.layer).pipe(
+/** Registry, Tokens, Signals, TaskQueue, Relay, Sessions and Limits (no background fibers). */
+export const services = Layer.mergeAll(Sessions.layer, Relay.layer, Limits.layer).pipe(
   Layer.provideMerge(TaskQueue.layer),
   Layer.provideMerge(Signals.layerLocal),
   Layer.provideMerge(Layer.merge(Registry.layer, Tokens.layer))
@@ -37,7 +38,7 @@ export const services = Layer.merge(Sessions.layer, Relay.layer).pipe(
  * the sweeper in the layer's scope.
  */
 export const layer: Layer.Layer<
-  Registry | Tokens | Signals | TaskQueue | Relay | Sessions | Sweeper,
+  Registry | Tokens | Signals | TaskQueue | Relay | Sessions | Limits | Sweeper,
   never,
   SqlClient.SqlClient | RelayConfig | InstanceId
 > = Sweeper.layer.pipe(

@@ -37,6 +37,14 @@ export interface RelayConfigShape {
   readonly maxBodyBytes: number
   /** Rows deleted per statement by the retention sweep. */
   readonly retentionBatchSize: number
+  /** Per principal (PROTOCOL.md "Limits per principal"): open publisher task streams. */
+  readonly limitTaskStreams: number
+  /** Per principal, on each broker instance: open `/events` streams, `/wait`s and calls waiting for an answer. */
+  readonly limitWaiting: number
+  /** Per principal: LLM rows its publishers registered. */
+  readonly limitLlms: number
+  /** Per principal: tasks pending in the queue. */
+  readonly limitPending: number
 }
 
 export const defaults: RelayConfigShape = {
@@ -57,7 +65,11 @@ export const defaults: RelayConfigShape = {
   idempotencyWindow: Duration.hours(24),
   maxAttempts: 3,
   maxBodyBytes: 8 * 1024 * 1024,
-  retentionBatchSize: 1000
+  retentionBatchSize: 1000,
+  limitTaskStreams: 64,
+  limitWaiting: 1024,
+  limitLlms: 256,
+  limitPending: 10_000
 }
 
 const duration = (name: string, fallback: Duration.Duration) => Config.duration(name).pipe(Config.withDefault(fallback))
@@ -86,7 +98,11 @@ export const fromEnv: Config.Config<RelayConfigShape> = Config.all({
   idempotencyWindow: duration("RELAY_IDEMPOTENCY_WINDOW", defaults.idempotencyWindow),
   maxAttempts: integer("RELAY_MAX_ATTEMPTS", defaults.maxAttempts),
   maxBodyBytes: integer("RELAY_MAX_BODY_BYTES", defaults.maxBodyBytes),
-  retentionBatchSize: integer("RELAY_RETENTION_BATCH_SIZE", defaults.retentionBatchSize)
+  retentionBatchSize: integer("RELAY_RETENTION_BATCH_SIZE", defaults.retentionBatchSize),
+  limitTaskStreams: integer("RELAY_LIMIT_TASK_STREAMS", defaults.limitTaskStreams),
+  limitWaiting: integer("RELAY_LIMIT_WAITING", defaults.limitWaiting),
+  limitLlms: integer("RELAY_LIMIT_LLMS", defaults.limitLlms),
+  limitPending: integer("RELAY_LIMIT_PENDING", defaults.limitPending)
 })
 
 export class RelayConfig extends Context.Tag("llm-relay/RelayConfig")<RelayConfig, RelayConfigShape>() {

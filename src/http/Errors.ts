@@ -13,7 +13,14 @@
  */
 import { HttpApiError, HttpApiSchema, HttpServerError, HttpServerResponse } from "@effect/platform"
 import { Cause, Effect, Option, ParseResult, Predicate, Schema, SchemaAST } from "effect"
-import { BadRequest, badRequestFromParseError, describeIssues, NotFound, PayloadTooLarge } from "../domain/Errors.js"
+import {
+  BadRequest,
+  badRequestFromParseError,
+  describeIssues,
+  NotFound,
+  PayloadTooLarge,
+  RateLimited
+} from "../domain/Errors.js"
 import { UpstreamError } from "../domain/Task.js"
 
 export const snakeCase = (tag: string): string =>
@@ -56,10 +63,15 @@ export const asWire = <Self extends { readonly _tag: string; readonly message: s
  */
 const final = new Set(["PublisherDisconnected", "PublisherOffline", "Timeout"])
 
-export const errorResponse = (status: number, type: string, message: string) =>
+export const errorResponse = (
+  status: number,
+  type: string,
+  message: string,
+  headers: Record<string, string> = {}
+) =>
   HttpServerResponse.unsafeJson(wireError(type, message), {
     status,
-    ...(final.has(type) ? { headers: { "x-should-retry": "false" } } : {})
+    headers: final.has(type) ? { ...headers, "x-should-retry": "false" } : headers
   })
 
 /** A tagged error with a message, as every domain error is. */
@@ -113,8 +125,18 @@ const asDomainError = (error: unknown): unknown => {
 }
 
 /** The wire form of a failure; None for one the protocol does not name (a bug). */
-export const toWire = (failure: unknown): Option.Option<{ status: number; type: string; message: string }> => {
+export const toWire = (
+  failure: unknown
+): Option.Option<{ status: number; type: string; message: string; headers?: Record<string, string> }> => {
   const error = asDomainError(failure)
+  if (error instanceof RateLimited) {
+    return Option.some({
+      status: 429,
+      type: "RateLimited",
+      message: error.message,
+      headers: { "retry-after": String(error.retryAfter) }
+    })
+  }
   if (error instanceof UpstreamError) {
     const status = error.status >= 400 && error.status <= 599 ? error.status : 502
     return Option.some({ status, type: "UpstreamError", message: error.message })
@@ -130,7 +152,7 @@ export const errorMiddleware = <E, R>(app: Effect.Effect<HttpServerResponse.Http
     // Failures and defects alike: a body that cannot be read is a defect in HttpApi.
     const wire = toWire(Cause.squash(cause))
     if (Option.isSome(wire)) {
-      return Effect.succeed(errorResponse(wire.value.status, wire.value.type, wire.value.message))
+      return Effect.succeed(errorResponse(wire.value.status, wire.value.type, wire.value.message, wire.value.headers))
     }
     return Effect.logError("unhandled failure", cause).pipe(
       Effect.as(errorResponse(500, "InternalError", "the broker failed to handle this request"))

@@ -8,7 +8,7 @@ import { Context, Duration, Effect, Layer, Option, Schema } from "effect"
 import * as Crypto from "node:crypto"
 import { cutoff, InstanceId, now, RelayConfig } from "../config.js"
 import { retryTransient } from "../db/Transient.js"
-import { BadRequest, badRequestFromParseError, Forbidden } from "../domain/Errors.js"
+import { BadRequest, badRequestFromParseError, Forbidden, RateLimited } from "../domain/Errors.js"
 import {
   type Llm,
   llmFromRow,
@@ -51,7 +51,7 @@ export interface RegistryShape {
   readonly register: (
     principalId: string,
     input: unknown
-  ) => Effect.Effect<Registration, BadRequest | Forbidden | NameConflict>
+  ) => Effect.Effect<Registration, BadRequest | Forbidden | NameConflict | RateLimited>
   /** Bumps every row of the session and revives inactive ones. */
   readonly heartbeat: (sessionId: string) => Effect.Effect<ReadonlyArray<Llm>, SessionNotFound>
   /**
@@ -184,6 +184,14 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
         for (const spec of request.providers) {
           const conflict = conflictOf(spec, owner, existing, pools)
           if (Option.isSome(conflict)) return yield* conflict.value
+        }
+        const others = yield* repo.countOwnedExcept(principalId, names)
+        if (others + names.length > config.limitLlms) {
+          return yield* new RateLimited({
+            message:
+              `limit reached: a principal's publishers may hold ${config.limitLlms} LLM rows (RELAY_LIMIT_LLMS); it has ${others} besides these ${names.length}`,
+            retryAfter: 60
+          })
         }
         yield* repo.upsertSession(sessionId, principalId, instanceId, at)
         // a new pool is the registering principal's; one another registration made meanwhile is checked again

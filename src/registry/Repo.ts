@@ -67,6 +67,8 @@ export interface RegistryRepoShape {
   /** Records a pool's owner unless the pool exists; the pool as stored either way. */
   readonly ensurePool: (name: string, ownerId: string | null, now: Date) => Effect.Effect<PoolRow>
   readonly setShared: (name: string, shared: boolean, now: Date) => Effect.Effect<Option.Option<PoolRow>>
+  /** How many rows the principal owns besides the named ones. */
+  readonly countOwnedExcept: (principalId: string, names: ReadonlyArray<string>) => Effect.Effect<number>
   /** Every pool with its members' names, by name. */
   readonly pools: Effect.Effect<ReadonlyArray<PoolWithMembers>>
   readonly deactivateUnlisted: (
@@ -265,6 +267,15 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
       GROUP BY p.name ORDER BY p.name`
   })
   const pools = Effect.orDie(poolRows(undefined))
+
+  const countOwned = SqlSchema.single({
+    Request: Schema.Struct({ principalId: Schema.String, names: Schema.Array(Schema.String) }),
+    Result: Schema.Struct({ n: Schema.Int }),
+    execute: ({ names, principalId }) =>
+      sql`SELECT count(*)::int AS n FROM llm_relay.llms WHERE owner_id = ${principalId} AND NOT (name = ANY(${names}))`
+  })
+  const countOwnedExcept = (principalId: string, names: ReadonlyArray<string>) =>
+    countOwned({ principalId, names }).pipe(Effect.map(({ n }) => n), Effect.orDie)
 
   /**
    * Rows the session held but no longer lists go inactive and leave the
@@ -477,6 +488,7 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
     ensurePool,
     setShared,
     pools,
+    countOwnedExcept,
     deactivateUnlisted,
     heartbeat,
     reportHealth,

@@ -21,7 +21,7 @@ import {
   Stream
 } from "effect"
 import { RelayConfig } from "../config.js"
-import { BadRequest } from "../domain/Errors.js"
+import { BadRequest, type RateLimited } from "../domain/Errors.js"
 import { type Llm, llmFromRow, type LlmRow } from "../domain/Llm.js"
 import {
   isTerminal,
@@ -137,12 +137,12 @@ export interface RelayShape {
    */
   readonly call: (
     request: CallRequest
-  ) => Effect.Effect<Answer, PublisherOffline | ModelNotFound | NotVirtual | BadRequest, Scope.Scope>
+  ) => Effect.Effect<Answer, PublisherOffline | ModelNotFound | NotVirtual | BadRequest | RateLimited, Scope.Scope>
   /** Queue a task to fetch, wait for or follow later (with an Idempotency-Key used before: that task). */
   readonly enqueue: (
     principal: Principal,
     request: Omit<EnqueueRequest, "ownerId">
-  ) => Effect.Effect<Task, ModelNotFound | NotVirtual | BadRequest>
+  ) => Effect.Effect<Task, ModelNotFound | NotVirtual | BadRequest | RateLimited>
   /** The principal's tasks (an admin's: everyone's). */
   readonly list: (
     principal: Principal,

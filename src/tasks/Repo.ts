@@ -134,7 +134,10 @@ export interface Claimed {
 
 export interface TaskRepoShape {
   /** None when the owner already has a task with this Idempotency-Key. */
-  readonly insert: (task: NewTask, at: Date) => Effect.Effect<Option.Option<TaskRow>>
+  /** None: the owner has `limit` tasks pending, or (with a key) the key's task exists. */
+  readonly insert: (task: NewTask, at: Date, limit: number) => Effect.Effect<Option.Option<TaskRow>>
+  /** Whether the owner has fewer than `limit` tasks pending. */
+  readonly hasPendingRoom: (ownerId: string, limit: number) => Effect.Effect<boolean>
   /** The owner's task with this Idempotency-Key, and whether it was made for the same path and body. */
   readonly findByKey: (
     ownerId: string,
@@ -214,28 +217,49 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
       ? sql`id = ${h.taskId} AND claimed_by = ${h.sessionId} AND ${held}`
       : sql`id = ${h.taskId} AND claimed_by = ${h.sessionId} AND ${held} AND attempts = ${h.attempt}`
 
+  /**
+   * Stores a task unless its owner has `limit` pending already (the count
+   * stops at the limit: at most `limit` index entries read). With an
+   * Idempotency-Key, a task of that owner and key already stored wins.
+   * No row back: over the limit, or (with a key) the key's task exists.
+   */
   const insertTask = SqlSchema.findOne({
-    Request: Schema.Struct({ task: NewTask, at: At }),
+    Request: Schema.Struct({ task: NewTask, at: At, limit: Schema.Int }),
     Result: TaskRow,
-    execute: ({ at, task }) =>
-      task.idempotencyKey === null
+    execute: ({ at, limit, task }) => {
+      const room = sql`(SELECT count(*) FROM (SELECT 1 FROM llm_relay.inference_tasks
+        WHERE owner_id = ${task.ownerId} AND status = 'pending' LIMIT ${limit}) AS p) < ${limit}`
+      return task.idempotencyKey === null
         ? sql`
       INSERT INTO llm_relay.inference_tasks (id, pool, llm_name, model, tier, path, streaming, priority, request_body,
                                    owner_id, agent_id, created_at, updated_at)
-      VALUES (${task.id}, ${task.pool}, ${task.llmName}, ${task.model}, ${task.tier}, ${task.path},
+      SELECT ${task.id}, ${task.pool}, ${task.llmName}, ${task.model}, ${task.tier}, ${task.path},
               ${task.streaming}, ${task.priority}, ${json(task.requestBody)}::jsonb, ${task.ownerId},
-              ${task.agentId}, ${at}, ${at})
+              ${task.agentId}, ${at}::timestamptz, ${at}::timestamptz
+      WHERE ${room}
       RETURNING *`
         : sql`
       INSERT INTO llm_relay.inference_tasks (id, pool, llm_name, model, tier, path, streaming, priority, request_body,
                                    owner_id, agent_id, created_at, updated_at, idempotency_key)
-      VALUES (${task.id}, ${task.pool}, ${task.llmName}, ${task.model}, ${task.tier}, ${task.path},
+      SELECT ${task.id}, ${task.pool}, ${task.llmName}, ${task.model}, ${task.tier}, ${task.path},
               ${task.streaming}, ${task.priority}, ${json(task.requestBody)}::jsonb, ${task.ownerId},
-              ${task.agentId}, ${at}, ${at}, ${task.idempotencyKey})
+              ${task.agentId}, ${at}::timestamptz, ${at}::timestamptz, ${task.idempotencyKey}
+      WHERE ${room}
       ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
       RETURNING *`
+    }
   })
-  const insert = (task: NewTask, at: Date) => Effect.orDie(insertTask({ task, at }))
+  const insert = (task: NewTask, at: Date, limit: number) => Effect.orDie(insertTask({ task, at, limit }))
+
+  const pendingRoom = SqlSchema.single({
+    Request: Schema.Struct({ ownerId: Schema.String, limit: Schema.Int }),
+    Result: Schema.Struct({ room: Schema.Boolean }),
+    execute: ({ limit, ownerId }) =>
+      sql`SELECT (SELECT count(*) FROM (SELECT 1 FROM llm_relay.inference_tasks
+        WHERE owner_id = ${ownerId} AND status = 'pending' LIMIT ${limit}) AS p) < ${limit} AS room`
+  })
+  const hasPendingRoom = (ownerId: string, limit: number) =>
+    pendingRoom({ ownerId, limit }).pipe(Effect.map(({ room }) => room), Effect.orDie)
 
   const findKeyed = SqlSchema.findOne({
     Request: Schema.Struct({ ownerId: Schema.String, key: Schema.String, path: Schema.String, body: Schema.Unknown }),
@@ -650,6 +674,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
 
   return {
     insert,
+    hasPendingRoom,
     findByKey,
     forgetKeys,
     find,

@@ -9,7 +9,7 @@ import { Context, Deferred, Duration, Effect, Layer, Mailbox, Option, Queue, typ
 import * as Crypto from "node:crypto"
 import { cutoff, InstanceId, now, RelayConfig } from "../config.js"
 import { retryTransient } from "../db/Transient.js"
-import { BadRequest } from "../domain/Errors.js"
+import { BadRequest, RateLimited } from "../domain/Errors.js"
 import type { TaskFrame } from "../domain/Frames.js"
 import type { LlmRow } from "../domain/Llm.js"
 import {
@@ -138,7 +138,7 @@ export interface TaskQueueShape {
   readonly enqueue: (
     request: EnqueueRequest,
     routed?: Route
-  ) => Effect.Effect<Task, ModelNotFound | NotVirtual | BadRequest>
+  ) => Effect.Effect<Task, ModelNotFound | NotVirtual | BadRequest | RateLimited>
   readonly get: (id: string) => Effect.Effect<Option.Option<Task>>
   readonly findPendingForPools: (pools: ReadonlyArray<string>, limit?: number) => Effect.Effect<ReadonlyArray<Task>>
   readonly list: (
@@ -155,7 +155,7 @@ export interface TaskQueueShape {
     timeout: Duration.DurationInput
   ) => Effect.Effect<
     { readonly task: Task; readonly waiter: Waiter; readonly attached: boolean },
-    BadRequest,
+    BadRequest | RateLimited,
     Scope.Scope
   >
   /** The owner's task with this Idempotency-Key (BadRequest when made for another request). */
@@ -360,27 +360,37 @@ export const make = Effect.gen(function*() {
     const key = request.idempotencyKey ?? null
     // the earlier task may be forgotten between the two statements: then try again
     while (true) {
-      const inserted = yield* repo.insert({
-        id,
-        pool: target.pool,
-        llmName: target.llmName,
-        model: request.model,
-        tier: target.tier,
-        path: request.path,
-        streaming: request.streaming,
-        priority: request.priority ?? 0,
-        requestBody: request.requestBody,
-        ownerId: request.ownerId,
-        agentId: request.agentId ?? null,
-        idempotencyKey: key
-      }, yield* now)
+      const inserted = yield* repo.insert(
+        {
+          id,
+          pool: target.pool,
+          llmName: target.llmName,
+          model: request.model,
+          tier: target.tier,
+          path: request.path,
+          streaming: request.streaming,
+          priority: request.priority ?? 0,
+          requestBody: request.requestBody,
+          ownerId: request.ownerId,
+          agentId: request.agentId ?? null,
+          idempotencyKey: key
+        },
+        yield* now,
+        config.limitPending
+      )
       if (Option.isSome(inserted)) {
         yield* signals.wakePool(inserted.value.pool)
         return { row: inserted.value, fresh: true }
       }
-      if (key === null) return yield* Effect.dieMessage("a task without an Idempotency-Key was not stored")
-      const earlier = yield* keyed(request, key)
+      const earlier = key === null ? Option.none() : yield* keyed(request, key)
       if (Option.isSome(earlier)) return { row: earlier.value, fresh: false }
+      if (!(yield* repo.hasPendingRoom(request.ownerId, config.limitPending))) {
+        return yield* new RateLimited({
+          message:
+            `limit reached: ${config.limitPending} tasks pending (RELAY_LIMIT_PENDING); wait for some to be taken`,
+          retryAfter: 5
+        })
+      }
     }
   })
 

@@ -30,7 +30,7 @@ it(`${READERS} /events readers of a deleted task dropping at once do not end the
     DATABASE_URL: databaseUrl,
     RELAY_ADMIN_TOKEN: ADMIN,
     RELAY_DB_MAX_CONNECTIONS: "1",
-    RELAY_LIMIT_OPEN_STREAMS: String(READERS + 100)
+    RELAY_LIMIT_WAITING: String(READERS + 100)
   })
   const agent = new Http.Agent({ keepAlive: false, maxSockets: Infinity })
   try {
@@ -98,4 +98,4 @@ it(`${READERS} /events readers of a deleted task dropping at once do not end the
     serve.child.kill("SIGTERM")
     await serve.exited
   }
-}, 120_000)
+}, 240_000)

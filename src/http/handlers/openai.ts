@@ -8,6 +8,7 @@ import { HttpApiBuilder, type HttpServerRequest, HttpServerResponse } from "@eff
 import { Effect, Option, Stream } from "effect"
 import { RelayConfig } from "../../config.js"
 import type { Task, TaskPath } from "../../domain/Task.js"
+import { Limits } from "../../limits/Limits.js"
 import { type Answer, Destination, type Output, QUEUED, Relay } from "../../tasks/Relay.js"
 import { RelayApi } from "../Api.js"
 import { CurrentPrincipal } from "../Auth.js"
@@ -34,7 +35,7 @@ const failureResponse = (error: unknown, headers: Record<string, string>) =>
   Option.match(toWire(error), {
     onNone: () => Effect.die(error),
     onSome: (w) =>
-      Effect.succeed(errorResponse(w.status, w.type, w.message).pipe(HttpServerResponse.setHeaders(headers)))
+      Effect.succeed(errorResponse(w.status, w.type, w.message, w.headers).pipe(HttpServerResponse.setHeaders(headers)))
   })
 
 const errorFrame = (error: unknown): string => {
@@ -70,6 +71,7 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
   Effect.gen(function*() {
     const relay = yield* Relay
     const config = yield* RelayConfig
+    const limits = yield* Limits
 
     const infer = (path: TaskPath) =>
     (
@@ -80,6 +82,7 @@ export const OpenAiLive = HttpApiBuilder.group(RelayApi, "openai", (handlers) =>
     ) =>
       Effect.gen(function*() {
         const principal = yield* CurrentPrincipal
+        yield* limits.hold("waiting", principal.id)
         const destination = yield* relay.destination(String(payload.model))
         return yield* Destination.$match(destination, {
           Proxy: ({ row }) =>

@@ -3,6 +3,7 @@ import { Effect, Schedule, Stream } from "effect"
 import { RelayConfig } from "../../config.js"
 import type { Frame } from "../../domain/Frames.js"
 import { TaskAlreadyTerminal, TaskNotHeld } from "../../domain/Task.js"
+import { Limits } from "../../limits/Limits.js"
 import { Sessions } from "../../sessions/Sessions.js"
 import { TaskQueue } from "../../tasks/TaskQueue.js"
 import { RelayApi } from "../Api.js"
@@ -20,6 +21,7 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
     const sessions = yield* Sessions
     const queue = yield* TaskQueue
     const config = yield* RelayConfig
+    const limits = yield* Limits
 
     /** The session must exist (404) and be the caller's (403; admin owns all). */
     const ownSession = (sessionId: string) =>
@@ -42,6 +44,7 @@ export const PublishersLive = HttpApiBuilder.group(RelayApi, "publishers", (hand
       .handle("stream", ({ path }) =>
         Effect.gen(function*() {
           yield* ownSession(path.sessionId)
+          yield* limits.hold("taskStreams", (yield* CurrentPrincipal).id)
           const keepalive = Stream.repeatValue(Sse.comment("keepalive")).pipe(
             Stream.schedule(Schedule.spaced(config.keepaliveInterval))
           )

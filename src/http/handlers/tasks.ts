@@ -3,6 +3,7 @@ import { HttpApiBuilder, HttpServerResponse } from "@effect/platform"
 import { Effect, Schema, Stream } from "effect"
 import { RelayConfig } from "../../config.js"
 import { Task, TaskId } from "../../domain/Task.js"
+import { Limits } from "../../limits/Limits.js"
 import { Relay, type TaskUpdate } from "../../tasks/Relay.js"
 import { RelayApi } from "../Api.js"
 import { CurrentPrincipal } from "../Auth.js"
@@ -29,6 +30,7 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
   Effect.gen(function*() {
     const relay = yield* Relay
     const config = yield* RelayConfig
+    const limits = yield* Limits
     // a task may wait an hour for a publisher: keep proxies from cutting the quiet stream
     const keepalive = Stream.tick(config.keepaliveInterval).pipe(Stream.drop(1), Stream.as(Sse.comment("keepalive")))
 
@@ -66,11 +68,15 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
       .handle("get", ({ path }) =>
         Effect.flatMap(CurrentPrincipal, (principal) => relay.get(principal, TaskId.make(path.id))))
       .handle("wait", ({ path, urlParams }) =>
-        Effect.flatMap(CurrentPrincipal, (principal) =>
-          relay.wait(principal, TaskId.make(path.id), urlParams.timeoutMs)))
+        Effect.gen(function*() {
+          const principal = yield* CurrentPrincipal
+          yield* limits.hold("waiting", principal.id)
+          return yield* relay.wait(principal, TaskId.make(path.id), urlParams.timeoutMs)
+        }))
       .handle("events", ({ path }) =>
         Effect.gen(function*() {
           const principal = yield* CurrentPrincipal
+          yield* limits.hold("waiting", principal.id)
           const updates = yield* relay.follow(principal, TaskId.make(path.id))
           return Sse.response(Stream.merge(Stream.map(updates, updateEvent), keepalive, { haltStrategy: "left" }))
         }))
