@@ -41,6 +41,8 @@ export interface SweepResult {
   readonly deleted: number
   /** Sessions that had a row go stale: their streams must close, their tasks revert. */
   readonly staleSessions: ReadonlyArray<string>
+  /** Sessions silent past the inactive retention with nothing left (no row, stream or task), deleted. */
+  readonly deletedSessions: ReadonlyArray<string>
 }
 
 export interface RegistryShape {
@@ -295,8 +297,9 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
     const at = yield* Effect.clockWith((c) => c.currentTimeMillis)
     const stale = yield* retryTransient(repo.deactivateStale(cutoff(at, config.heartbeatTimeout), new Date(at)))
     const deleted = yield* repo.deleteExpiredInactive(cutoff(at, config.inactiveRetention))
+    const deletedSessions = yield* repo.deleteIdleSessions(cutoff(at, config.inactiveRetention))
     const staleSessions = [...new Set(stale.flatMap((row) => (row.providerSessionId ? [row.providerSessionId] : [])))]
-    return { markedInactive: stale.length, deleted: deleted.length, staleSessions }
+    return { markedInactive: stale.length, deleted: deleted.length, staleSessions, deletedSessions }
   }).pipe(Effect.withSpan("Registry.gcSweep"))
 
   /** An admin adds a public LLM (a fixed upstream URL the broker calls itself). */

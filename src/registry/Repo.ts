@@ -94,6 +94,8 @@ export interface RegistryRepoShape {
   readonly deactivateForeign: (instanceId: string, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly deactivateStale: (heartbeatCutoff: Date, now: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
   readonly deleteExpiredInactive: (inactiveCutoff: Date) => Effect.Effect<ReadonlyArray<LlmRow>>
+  /** Sessions silent since before the cutoff with no stream, no row and no held task: deleted, their ids. */
+  readonly deleteIdleSessions: (cutoff: Date) => Effect.Effect<ReadonlyArray<string>>
   /** A public LLM row; None when the name is taken. */
   readonly insertPublic: (input: PublicLlmSpec, now: Date) => Effect.Effect<Option.Option<LlmRow>>
   readonly deleteByName: (name: string) => Effect.Effect<ReadonlyArray<LlmRow>>
@@ -413,6 +415,21 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
       WHERE kind = 'virtual' AND status = 'inactive' AND inactive_since < ${inactiveCutoff}
       RETURNING *`)
 
+  const idleSessionRows = SqlSchema.findAll({
+    Request: At,
+    Result: Schema.Struct({ id: Schema.String }),
+    execute: (before) =>
+      sql`
+      DELETE FROM llm_relay.publisher_sessions s
+      WHERE s.last_heartbeat_at < ${before} AND s.stream_instance_id IS NULL
+        AND NOT EXISTS (SELECT 1 FROM llm_relay.llms l WHERE l.provider_session_id = s.id)
+        AND NOT EXISTS (SELECT 1 FROM llm_relay.inference_tasks t
+                        WHERE t.claimed_by = s.id AND t.status IN ('claimed', 'running'))
+      RETURNING s.id`
+  })
+  const deleteIdleSessions = (before: Date) =>
+    idleSessionRows(before).pipe(Effect.map((rows) => rows.map((row) => row.id)), Effect.orDie)
+
   const insertPublicRow = llmRow(
     Schema.Struct({ input: PublicLlmSpec, now: At }),
     ({ input, now }) =>
@@ -497,6 +514,7 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
     deactivateForeign,
     deactivateStale,
     deleteExpiredInactive,
+    deleteIdleSessions,
     insertPublic,
     deleteByName,
     findSession,

@@ -77,6 +77,8 @@ export interface SessionsShape {
    * an open stream stops receiving prompts at once.
    */
   readonly closeAllOf: (principalId: string) => Effect.Effect<number>
+  /** Sessions the sweep deleted: their remembered owners are dropped. */
+  readonly forget: (sessionIds: ReadonlyArray<string>) => Effect.Effect<void>
   /** Whether the session's stream is open on this broker. */
   readonly isOpen: (sessionId: string) => Effect.Effect<boolean>
 }
@@ -123,13 +125,21 @@ export const make = Effect.gen(function*() {
   const register = (principal: Principal, request: unknown) =>
     Effect.tap(
       registry.register(principal.id, request),
-      // an open stream of the session follows its new rows' pools
+      // an open stream of the session follows its new rows' pools; a session id the sweep
+      // deleted may now be another principal's: its remembered owner goes
       (registration) =>
         Effect.zipRight(
-          signals.publishSession(registration.sessionId, { _tag: "Rows" }),
+          Effect.zipRight(
+            owners.invalidate(registration.sessionId),
+            signals.publishSession(registration.sessionId, { _tag: "Rows" })
+          ),
           poolsChanged(registration.llms)
         )
     )
+
+  /** The sweep deleted these sessions: what this broker remembers of their owners goes too. */
+  const forget = (sessionIds: ReadonlyArray<string>) =>
+    Effect.forEach(sessionIds, (id) => owners.invalidate(id), { discard: true })
 
   /**
    * Sessions whose stream this broker is ending because they said goodbye:
@@ -301,7 +311,7 @@ export const make = Effect.gen(function*() {
     return ids.length
   })
 
-  return { register, authorize, open, close, heartbeat, isOpen, closeAllOf } satisfies SessionsShape
+  return { register, authorize, open, close, heartbeat, isOpen, closeAllOf, forget } satisfies SessionsShape
 })
 
 export class Sessions extends Context.Tag("llm-relay/Sessions")<Sessions, SessionsShape>() {

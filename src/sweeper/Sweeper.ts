@@ -25,6 +25,7 @@ export const make = Effect.gen(function*() {
   const sweepOnce = Effect.gen(function*() {
     const llms = yield* registry.gcSweep
     yield* Effect.forEach(llms.staleSessions, (id) => sessions.close(id, "lost"), { discard: true })
+    yield* sessions.forget(llms.deletedSessions)
     const tasks = yield* queue.sweep
     // A session that left a claim unacknowledged is lost: a half-open
     // connection must not keep receiving prompts it never answers.
@@ -46,7 +47,8 @@ export class Sweeper extends Context.Tag("llm-relay/Sweeper")<Sweeper, SweeperSh
       const config = yield* RelayConfig
       const pass = sweeper.sweepOnce.pipe(
         Effect.tap(({ llms, tasks }) =>
-          llms.markedInactive + llms.deleted + tasks.reverted + tasks.expired + tasks.timedOut + tasks.deleted > 0
+          llms.markedInactive + llms.deleted + llms.deletedSessions.length + tasks.reverted + tasks.expired +
+                tasks.timedOut + tasks.deleted > 0
             ? Effect.logInfo("sweep", { llms, tasks })
             : Effect.void
         ),

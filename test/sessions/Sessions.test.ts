@@ -268,3 +268,45 @@ describe("the scheduled sweep", () => {
       yield* eventuallyAdvancing("1 seconds", Effect.map(taskStatus(task.id), (s) => s === "pending"), "the revert")
     }).pipe(Effect.provide(Scheduled)))
 })
+
+describe("sessions the sweep deletes", () => {
+  it.effect("a session silent past the inactive retention with nothing left is deleted; one holding a row is kept", () =>
+    Effect.gen(function*() {
+      const sessions = yield* Sessions
+      const registry = yield* Registry
+      const sweeper = yield* Sweeper
+      const alice = { id: "alice", name: "alice", role: "publisher" as const }
+      yield* sessions.register(alice, { sessionId: "gone-session", providers: [provider("gone-row")] })
+      yield* sessions.close("gone-session", "goodbye")
+      yield* TestClock.adjust("3 hours")
+      yield* sessions.register(alice, { sessionId: "kept-session", providers: [provider("kept-row")] })
+      yield* sessions.close("kept-session", "goodbye")
+      yield* TestClock.adjust("61 minutes") // gone: 4h01m silent, its row deleted this pass; kept: 1h01m
+      const { llms } = yield* sweeper.sweepOnce
+      assert.deepStrictEqual(llms.deletedSessions, ["gone-session"])
+      assert.isTrue(Option.isNone(yield* registry.findSession("gone-session")))
+      assert.isTrue(Option.isSome(yield* registry.findSession("kept-session")))
+      const again = yield* sweeper.sweepOnce
+      assert.deepStrictEqual(again.llms.deletedSessions, [])
+    }).pipe(Effect.provide(Manual)))
+
+  it.effect("a deleted session's id registered by another principal is theirs at once: the old owner's posts are 403", () =>
+    Effect.gen(function*() {
+      const sessions = yield* Sessions
+      const sweeper = yield* Sweeper
+      const alice = { id: "alice", name: "alice", role: "publisher" as const }
+      const bob = { id: "bob", name: "bob", role: "publisher" as const }
+      yield* sessions.register(alice, { sessionId: "reused-id", providers: [provider("alice-row")] })
+      yield* sessions.close("reused-id", "goodbye")
+      yield* TestClock.adjust("4 hours")
+      yield* TestClock.adjust("1 minute")
+      // alice's ownership is remembered (a post just now), then the sweep deletes the session
+      yield* sessions.authorize(alice, "reused-id")
+      const { llms } = yield* sweeper.sweepOnce
+      assert.deepStrictEqual(llms.deletedSessions, ["reused-id"])
+      yield* sessions.register(bob, { sessionId: "reused-id", providers: [provider("bob-row")] })
+      const alicePost = yield* Effect.either(sessions.authorize(alice, "reused-id"))
+      assert.isTrue(alicePost._tag === "Left" && alicePost.left._tag === "Forbidden")
+      yield* sessions.authorize(bob, "reused-id")
+    }).pipe(Effect.provide(Manual)))
+})
