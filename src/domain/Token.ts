@@ -55,6 +55,6 @@ export const CreateTokenRequest = Schema.Struct({
   role: Role,
   name: TokenName,
   /** Another token for this existing principal; absent: a new principal. */
-  principalId: Schema.optional(PrincipalId)
+  principalId: Schema.optionalWith(PrincipalId, { exact: true })
 })
 export type CreateTokenRequest = typeof CreateTokenRequest.Type
