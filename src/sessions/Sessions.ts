@@ -72,9 +72,9 @@ export interface SessionsShape {
     providers?: ReadonlyArray<ProviderHealth>
   ) => Effect.Effect<void, SessionNotFound>
   /**
-   * The principal's token was revoked: each of its sessions ends as after a
-   * goodbye (stream closed, rows inactive, held tasks back to the queue), so
-   * an open stream stops receiving prompts at once.
+   * One of the principal's tokens was revoked: each of the principal's
+   * sessions ends as after a goodbye (stream closed, rows inactive, held tasks
+   * back to the queue), so an open stream stops receiving prompts at once.
    */
   readonly closeAllOf: (principalId: string) => Effect.Effect<number>
   /** Sessions the sweep deleted: their remembered owners are dropped. */

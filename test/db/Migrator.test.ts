@@ -130,6 +130,34 @@ describe("Migrator", () => {
       }
     }).pipe(Effect.provide(TestDatabase.layerEmpty)))
 
+  it.effect("0005: a token from before principals is its own principal, and so is one a broker of 0004 inserts after", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* migrate(loadMigrations().filter((m) => m.id <= 4))
+      const at = new Date(1_000)
+      yield* sql`INSERT INTO llm_relay.api_tokens (id, name, role, token_hash, created_at)
+        VALUES ('tok-old', 'old', 'publisher', 'hash-old', ${at})`
+      yield* migrate()
+      // what the previous version's statements do during a deploy: no principal_id
+      yield* sql`INSERT INTO llm_relay.api_tokens (id, name, role, token_hash, created_at)
+        VALUES ('tok-later', 'later', 'client', 'hash-later', ${at})`
+      yield* sql`INSERT INTO llm_relay.api_tokens (id, name, role, token_hash, created_at)
+        VALUES ('admin-env', 'RELAY_ADMIN_TOKEN', 'admin', 'hash-env', ${at})
+        ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash, revoked_at = NULL`
+      const rows = yield* sql<{ id: string; principalId: string }>`
+        SELECT id, principal_id FROM llm_relay.api_tokens ORDER BY id`
+      assert.deepStrictEqual(rows.map((r) => [r.id, r.principalId]), [
+        ["admin-env", "admin-env"],
+        ["tok-later", "tok-later"],
+        ["tok-old", "tok-old"]
+      ])
+      const nullable = yield* sql<{ isNullable: string }>`
+        SELECT is_nullable FROM information_schema.columns
+        WHERE table_schema = 'llm_relay' AND table_name = 'api_tokens' AND column_name = 'principal_id'`
+      assert.strictEqual(nullable[0]!.isNullable, "NO")
+      assert.include((yield* schemaSnapshot).indexes, "api_tokens_principal_idx")
+    }).pipe(Effect.provide(TestDatabase.layerEmpty)))
+
   it.effect("concurrent migrators apply each file once", () =>
     Effect.gen(function*() {
       const results = yield* Effect.all([migrate(), migrate(), migrate()], { concurrency: "unbounded" })

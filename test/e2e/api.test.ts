@@ -602,8 +602,11 @@ describe("tokens and ops", () => {
     })
     assert.strictEqual(created.status, 201)
     assert.isAtLeast(created.body.token.length, 43)
+    assert.deepStrictEqual(Object.keys(created.body), ["id", "name", "role", "principalId", "token"])
+    assert.match(created.body.principalId, /^prn_/)
     const list = await fetchJson("/v1/tokens", { token: broker.adminToken })
-    assert.isTrue(list.body.data.some((t: { id: string }) => t.id === created.body.id))
+    const listed = list.body.data.find((t: { id: string }) => t.id === created.body.id)
+    assert.deepInclude(listed, { name: "ci", role: "client", principalId: created.body.principalId, revokedAt: null })
     assert.notInclude(JSON.stringify(list.body), created.body.token)
     const works = await fetchJson("/v1/models", { token: created.body.token })
     assert.strictEqual(works.status, 200)
@@ -616,6 +619,28 @@ describe("tokens and ops", () => {
     assert.strictEqual(after.status, 401)
   })
 
+  it("principalId: one no token has is 400 naming it, so is a malformed one, and no token is made", async () => {
+    const before = (await fetchJson("/v1/tokens", { token: broker.adminToken })).body.data.length
+    const cases: ReadonlyArray<[string, RegExp]> = [
+      ["prn_nobody", /^principalId: no token belongs to principal 'prn_nobody'/],
+      ["no spaces", /^principalId: must be 1-128 characters/],
+      ["p".repeat(300), /^principalId: must be 1-128 characters/],
+      ["", /^principalId: must be 1-128 characters/]
+    ]
+    for (const [principalId, message] of cases) {
+      const created = await fetchJson("/v1/tokens", {
+        method: "POST",
+        token: broker.adminToken,
+        body: JSON.stringify({ role: "client", name: "stray", principalId })
+      })
+      assert.strictEqual(created.status, 400, principalId)
+      assert.strictEqual(created.body.error.type, "BadRequest")
+      assert.match(created.body.error.message, message)
+      assert.notInclude(created.body.error.message, "p".repeat(201), "quotes at most 200 characters")
+    }
+    assert.strictEqual((await fetchJson("/v1/tokens", { token: broker.adminToken })).body.data.length, before)
+  })
+
   it("healthz, readyz and metrics need no token; openapi.json describes the API", async () => {
     assert.deepStrictEqual((await fetchJson("/healthz")).body, { status: "ok" })
     assert.strictEqual((await fetchJson("/readyz")).status, 200)
@@ -624,5 +649,84 @@ describe("tokens and ops", () => {
     assert.match(await metrics.text(), /llm_relay_llms/)
     const spec = await fetchJson("/openapi.json")
     assert.isDefined(spec.body.paths["/v1/chat/completions"])
+  })
+})
+
+describe("principals: rotating a token loses nothing", () => {
+  const issue = async (role: string, principalId?: string) => {
+    const created = await fetchJson("/v1/tokens", {
+      method: "POST",
+      token: broker.adminToken,
+      body: JSON.stringify({ role, name: unique(role), ...(principalId === undefined ? {} : { principalId }) })
+    })
+    assert.strictEqual(created.status, 201, JSON.stringify(created.body))
+    return created.body as { id: string; principalId: string; token: string }
+  }
+  const revoke = async (id: string) => {
+    const response = await fetch(`${broker.url}/v1/tokens/${id}`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${broker.adminToken}` }
+    })
+    assert.strictEqual(response.status, 204)
+  }
+
+  it("a client's new token sees the tasks of the revoked one; another principal's token gets 404", async () => {
+    const name = unique("llm")
+    await new RawPublisher(broker.url, publisherToken).register([{ name }])
+    const t1 = await issue("client")
+    const agentId = unique("agent")
+    const task = await fetchJson("/v1/tasks", {
+      method: "POST",
+      token: t1.token,
+      body: JSON.stringify({ model: name, body: { messages: [] }, agentId })
+    })
+    assert.strictEqual(task.status, 202)
+
+    const t2 = await issue("client", t1.principalId)
+    assert.strictEqual(t2.principalId, t1.principalId)
+    await revoke(t1.id)
+    assert.strictEqual((await fetchJson(`/v1/tasks/${task.body.id}`, { token: t1.token })).status, 401)
+    const seen = await fetchJson(`/v1/tasks/${task.body.id}`, { token: t2.token })
+    assert.strictEqual(seen.status, 200, JSON.stringify(seen.body))
+    const listed = await fetchJson(`/v1/tasks?agentId=${agentId}`, { token: t2.token })
+    assert.deepStrictEqual(listed.body.data.map((t: { id: string }) => t.id), [task.body.id])
+
+    const stranger = await issue("client")
+    assert.strictEqual((await fetchJson(`/v1/tasks/${task.body.id}`, { token: stranger.token })).status, 404)
+    const theirs = await fetchJson(`/v1/tasks?agentId=${agentId}`, { token: stranger.token })
+    assert.deepStrictEqual(theirs.body.data, [])
+    const cancelled = await fetchJson(`/v1/tasks/${task.body.id}`, { method: "DELETE", token: t2.token })
+    assert.strictEqual(cancelled.body.status, "cancelled")
+  })
+
+  it("a publisher's new token takes over the session the revoked one registered; another principal's gets 403", async () => {
+    const t1 = await issue("publisher")
+    const name = unique("llm")
+    const first = await online([{ name }], t1.token)
+    const sessionId = first.sessionId!
+    const t2 = await issue("publisher", t1.principalId)
+    await revoke(t1.id)
+    await first.waitClosed(5_000)
+
+    const stranger = new RawPublisher(broker.url, (await issue("publisher")).token)
+    assert.strictEqual((await stranger.register([{ name }], sessionId)).status, 403)
+
+    const second = new RawPublisher(broker.url, t2.token)
+    const again = await second.register([{ name }], sessionId)
+    assert.strictEqual(again.status, 200, await again.clone().text())
+    assert.strictEqual(second.sessionId, sessionId)
+    await second.connect()
+    const heartbeat = await second.request("POST", `/v1/publishers/sessions/${sessionId}/heartbeat`, {})
+    assert.strictEqual(heartbeat.status, 200)
+    const strangerBeat = await stranger.request("POST", `/v1/publishers/sessions/${sessionId}/heartbeat`, {})
+    assert.strictEqual(strangerBeat.status, 403)
+
+    const stop = autoServe(second, async (task) => {
+      await second.post(task.taskId, "result", { status: 200, body: completion("served by t2"), attempt: task.attempt })
+    })
+    const answer = await client.chat.completions.create({ model: name, messages: [{ role: "user", content: "hi" }] })
+    stop()
+    assert.strictEqual(answer.choices[0]!.message.content, "served by t2")
+    second.disconnect()
   })
 })

@@ -340,6 +340,37 @@ describe("publisher posts", () => {
     assert.strictEqual((await publisher.post(frame.taskId, "ack", { attempt: frame.attempt })).status, 401)
   })
 
+  it("revoking one token of a principal closes the principal's stream opened with its other token; revoking it again closes nothing", async () => {
+    const issue = async (principalId?: string) => {
+      const created = await call("/v1/tokens", {
+        method: "POST",
+        token: broker.adminToken,
+        raw: JSON.stringify({ role: "publisher", name: unique("rotated"), ...(principalId ? { principalId } : {}) })
+      })
+      assert.strictEqual(created.status, 201, JSON.stringify(created.body))
+      return created.body as { id: string; principalId: string; token: string }
+    }
+    const old = await issue()
+    const current = await issue(old.principalId)
+    const publisher = new RawPublisher(broker.url, current.token)
+    const name = unique("llm")
+    assert.strictEqual((await publisher.register([{ name }])).status, 200)
+    await publisher.connect()
+    assert.strictEqual((await call(`/v1/tokens/${old.id}`, { method: "DELETE", token: broker.adminToken })).status, 204)
+    await publisher.waitClosed(5_000)
+
+    // the publisher comes back on its other token, same session
+    const back = new RawPublisher(broker.url, current.token)
+    assert.strictEqual((await back.register([{ name }], publisher.sessionId)).status, 200)
+    await back.connect()
+    assert.strictEqual((await call(`/v1/tokens/${old.id}`, { method: "DELETE", token: broker.adminToken })).status, 204)
+    const task = await createTask(name)
+    const frame = await back.nextTask()
+    assert.strictEqual(frame.taskId, task.body.id, "the stream stayed open")
+    assert.isFalse(back.closed)
+    back.disconnect()
+  })
+
   it("a post for a task that has ended is 409 TaskNotHeld", async () => {
     const name = unique("llm")
     const publisher = await online([{ name }])

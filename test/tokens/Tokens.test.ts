@@ -73,7 +73,7 @@ describe("shared lookups survive the request that started them", () => {
       const registry = yield* Registry
       const sessions = yield* Sessions
       yield* registry.register("owner-1", { sessionId: "sess-shared", providers: [provider("shared-llm")] })
-      const principal = { id: "owner-1", name: "p", role: "publisher" as const }
+      const principal = { id: "owner-1", tokenId: "tok-1", name: "p", role: "publisher" as const }
       const release = yield* lockTable("llm_relay.publisher_sessions")
       const first = yield* Effect.fork(sessions.authorize(principal, "sess-shared"))
       yield* waitingOnLock(1)

@@ -11,7 +11,14 @@ export const TokensLive = HttpApiBuilder.group(RelayApi, "tokens", (handlers) =>
     return handlers
       .handle("create", ({ payload }) => tokens.create(payload))
       .handle("list", () => Effect.map(tokens.list, (data) => ({ data })))
-      // a token is its own principal: its publisher sessions end with it, their streams closed at once
+      // The principal's publisher sessions end with the token, their streams
+      // closed at once, even when the principal has other tokens: the session
+      // may be running on the revoked one, and a publisher holding another
+      // reconnects with it. Revoking a revoked token closes nothing (the
+      // principal may be running on its new token by now).
       .handle("revoke", ({ path }) =>
-        Effect.zipRight(tokens.revoke(path.id), Effect.asVoid(sessions.closeAllOf(path.id))))
+        Effect.flatMap(
+          tokens.revoke(path.id),
+          ({ revokedNow, token }) => revokedNow ? Effect.asVoid(sessions.closeAllOf(token.principalId)) : Effect.void
+        ))
   }))
