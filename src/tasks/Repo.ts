@@ -8,7 +8,7 @@
  * `bigint` as a string); a row that does not decode is a defect.
  */
 import { SqlClient, SqlSchema, type Statement } from "@effect/sql"
-import { Context, Effect, Layer, Option, Schema, Struct } from "effect"
+import { Context, Effect, Layer, Metric, Option, Schema, Struct } from "effect"
 import { Task, TaskId, TaskStatus } from "../domain/Task.js"
 
 /** A row of `llm_relay.inference_tasks` as the database returns it (names camel-cased). */
@@ -190,6 +190,15 @@ export interface TaskRepoShape {
   readonly deleteFinished: (completedBefore: Date, batch: number) => Effect.Effect<number>
   readonly chunksFrom: (taskId: string, fromSeq: number) => Effect.Effect<ReadonlyArray<ChunkBatch>>
 }
+
+/**
+ * Claim statements run by this process: what a wake-up costs the database
+ * (each is one transaction). Tests and benchmarks read it with `Metric.value`.
+ */
+export const claimStatements = Metric.counter("llm_relay_claim_statements_total", {
+  description: "claim statements run (one transaction each)",
+  incremental: true
+})
 
 /**
  * A row of the claim statement: a capacity row of the session (its name and
@@ -382,7 +391,8 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
       FROM cap c LEFT JOIN claimed ON claimed.claimed_llm = c.name`
   })
   const claimFor = (sessionId: string, at: Date) =>
-    claimRows({ sessionId, at }).pipe(
+    Metric.increment(claimStatements).pipe(
+      Effect.zipRight(claimRows({ sessionId, at })),
       Effect.map((rows): Claimed => {
         const free = new Map<string, number>()
         const taken = new Map<string, number>()
