@@ -7,10 +7,11 @@
  *
  * Options:
  *   --quick                  short phases (under 2 minutes in all)
- *   --only a,b               scenarios: overhead, streaming, queue, sessions
+ *   --only a,b               scenarios: overhead, streaming, queue, sessions, herd
  *   --publisher cli|raw      the project's `llm-relay publish` (default when
  *                            it answers `--help`), or bench/rawPublisher.ts
  *   --sessions 1000,5000     idle session counts (default 1000,5000; quick 200)
+ *   --herd-sessions N        sessions sharing one pool in the herd scenario (500)
  *   --seconds N              seconds per load phase (default 10; quick 3)
  *   --check                  the performance guard (bench/check.ts): broker and
  *                            publisher CPU per relayed request after a warm-up,
@@ -53,6 +54,7 @@ import {
   spawnNode,
   summarize
 } from "./harness.js"
+import { herd } from "./herd.js"
 import { graphileCycle, relayCycle } from "./queueCycle.js"
 import { type IdleSession, openIdleSession, reach, scale } from "./sessionScale.js"
 
@@ -66,7 +68,8 @@ const sessionCounts = (option("--sessions") ?? (quick ? "200" : "1000,5000")).sp
 const seconds = Number(option("--seconds") ?? (quick ? 3 : 10))
 const check = args.includes("--check")
 const writeBaseline = args.includes("--write-baseline")
-const only = new Set(check ? ["guard"] : (option("--only") ?? "overhead,streaming,queue,sessions").split(","))
+const only = new Set(check ? ["guard"] : (option("--only") ?? "overhead,streaming,queue,sessions,herd").split(","))
+const herdSessions = Number(option("--herd-sessions") ?? 500)
 const publisherArg = option("--publisher")
 const ADMIN = `bench-admin-${Crypto.randomBytes(24).toString("hex")}`
 const profileDir = Path.join(ROOT, "bench/results/profiles", new Date().toISOString().replace(/[:.]/g, "-"))
@@ -610,6 +613,46 @@ const sessionScale = async (brokerDb: string) => {
   return out
 }
 
+/** 5. Wake-ups in a big pool: enqueues to a pool of many idle sessions against a pool of one. */
+const herdScenario = async (brokerDb: string) => {
+  section(`5. enqueues to a pool of ${herdSessions} idle sessions (baseline = a pool of one session, same broker)`)
+  progress("herd: a fresh broker")
+  const broker = await startBroker(brokerDb)
+  const publisherToken = await makeToken(broker.url, "publisher")
+  const clientToken = await makeToken(broker.url, "client")
+  const enqueues = 100
+  const { many, one } = await herd({
+    brokerUrl: broker.url,
+    databaseUrl: brokerDb,
+    publisherToken,
+    clientToken,
+    sessions: herdSessions,
+    enqueues,
+    onProgress: progress
+  })
+  const out: Record<string, unknown> = { enqueues, one, many }
+  for (const key of ["oneByOne", "burst"] as const) {
+    const label = key === "oneByOne" ? "one by one" : `${enqueues} at once`
+    out[key] = {
+      transactionsPerEnqueue: figure(
+        `${label}: transactions per enqueue`,
+        many[key].transactionsPerEnqueue,
+        one[key].transactionsPerEnqueue,
+        ""
+      ),
+      enqueueP50: figure(`${label}: POST /v1/tasks p50`, many[key].enqueueMs.p50, one[key].enqueueMs.p50, "ms", {
+        diff: true
+      }),
+      enqueueP99: figure(`${label}: POST /v1/tasks p99`, many[key].enqueueMs.p99, one[key].enqueueMs.p99, "ms", {
+        diff: true
+      })
+    }
+    if (many[key].failed > 0) progress(`herd: ${many[key].failed} post(s) ${label} failed or timed out`)
+  }
+  await broker.proc.stop()
+  return out
+}
+
 // ---- the run ----
 
 const printTable = () => {
@@ -739,6 +782,11 @@ const main = async () => {
   }
   if (only.has("queue")) results.queueCycle = await queueCycle(server.url)
   if (only.has("sessions")) results.sessionScale = await sessionScale(brokerDb)
+  if (only.has("herd")) {
+    results.herd = await herdScenario(
+      await createDatabase(server.url, `llm_relay_bench_herd_${Crypto.randomBytes(3).toString("hex")}`)
+    )
+  }
   results.machineAtEnd = { calibration: calibrate(), loadAverage: Os.loadavg().map((n) => round(n)) }
   results.targets = targets
   results.durationSeconds = round((performance.now() - started) / 1000, 1)
@@ -754,7 +802,7 @@ const main = async () => {
   Fs.mkdirSync(dir, { recursive: true })
   // a run of some scenarios only, or of other phase lengths, does not overwrite a whole run's figures
   const partial = option("--only") !== undefined || option("--seconds") !== undefined ||
-    option("--sessions") !== undefined
+    option("--sessions") !== undefined || option("--herd-sessions") !== undefined
   const file = Path.join(
     dir,
     `${new Date().toISOString().slice(0, 10)}${quick ? "-quick" : ""}${partial ? "-partial" : ""}.json`

@@ -22,13 +22,16 @@ export interface IdleSession {
   readonly stopHeartbeats: () => void
   /** Resolves with performance.now() when the next task frame arrives (the task is then completed). */
   readonly nextTask: () => Promise<number>
+  /** Task frames received so far (each one is completed). */
+  readonly received: () => number
   readonly close: () => void
 }
 
-export const openIdleSession = (brokerUrl: string, token: string, name: string): Promise<IdleSession> =>
+/** A session of one provider `name` (maxConcurrent 1), in `pool` when given (its own name otherwise). */
+export const openIdleSession = (brokerUrl: string, token: string, name: string, pool?: string): Promise<IdleSession> =>
   request(`${brokerUrl}/v1/publishers/sessions`, {
     headers: { authorization: `Bearer ${token}` },
-    body: { providers: [{ name, model: "m", maxConcurrent: 1 }] },
+    body: { providers: [{ name, model: "m", maxConcurrent: 1, ...(pool !== undefined ? { pool } : {}) }] },
     timeoutMs: 60_000
   }).then((registered) => {
     if (registered.status !== 200) throw new Error(`register: ${registered.status} ${registered.text}`)
@@ -40,6 +43,7 @@ export const openIdleSession = (brokerUrl: string, token: string, name: string):
     return new Promise<IdleSession>((resolve, reject) => {
       let onTask: ((at: number) => void) | undefined
       let beat: NodeJS.Timeout | undefined
+      let received = 0
       const req = Http.get(`${brokerUrl}/v1/publishers/sessions/${sessionId}/tasks`, {
         agent: streamAgent,
         headers: auth
@@ -81,6 +85,7 @@ export const openIdleSession = (brokerUrl: string, token: string, name: string):
                 },
                 stopHeartbeats,
                 nextTask: () => new Promise((r) => (onTask = r)),
+                received: () => received,
                 close: () => {
                   stopHeartbeats()
                   req.destroy()
@@ -88,6 +93,7 @@ export const openIdleSession = (brokerUrl: string, token: string, name: string):
               })
             } else if (event.startsWith("event: task")) {
               const at = performance.now()
+              received++
               onTask?.(at)
               onTask = undefined
               const frame = JSON.parse(event.slice(event.indexOf("data: ") + 6)) as { taskId: string; attempt: number }

@@ -2,8 +2,10 @@
  * Publisher sessions as actors. Opening a session's task stream starts its
  * SessionActor: one fiber that binds the session's rows, claims tasks up to
  * each row's free `maxConcurrent`, and pushes `task` and `cancel` frames. It
- * claims on a pool signal for one of its pools, on one of its tasks finishing
- * while a row was full, and on a slow poll (signals are hints).
+ * claims when this broker's claimers registry wakes it for one of its pools
+ * (one claimer per unit of new work, the one with most room: Claimers.ts),
+ * on one of its tasks finishing while a row was full, when a row of it is
+ * healthy again, and on a slow poll (signals are hints).
  *
  * A new stream first re-sends the `task` frames of the session's claims it
  * has not acknowledged (same attempt).
@@ -37,6 +39,7 @@ import type { Principal } from "../domain/Token.js"
 import { type ProviderHealth, Registry } from "../registry/Registry.js"
 import { Signals } from "../signals/Signals.js"
 import { TaskQueue } from "../tasks/TaskQueue.js"
+import * as Claimers from "./Claimers.js"
 
 type RegisterError = Effect.Effect.Error<ReturnType<Context.Tag.Service<Registry>["register"]>>
 
@@ -63,9 +66,9 @@ export interface SessionsShape {
   /**
    * A heartbeat (SessionNotFound for an unknown session): bumps the session's
    * rows, and stores the health it reports per provider. A row whose health
-   * changed re-routes the calls queued for its pool; one healthy again (or a
-   * fellow member gone unhealthy, whose hand-backs it may now take) wakes the
-   * pool's claimers.
+   * changed re-routes the calls queued for its pool; one healthy again makes
+   * its session look for work, one gone unhealthy wakes a claimer of its pool
+   * (a fellow member may now take the tasks it handed back).
    */
   readonly heartbeat: (
     sessionId: string,
@@ -93,6 +96,10 @@ export const make = Effect.gen(function*() {
    * session interrupts the old; closing the layer's scope interrupts them all.
    */
   const actors = yield* FiberMap.make<string>()
+  /** Which actor looks when a pool has new work; it follows every pool wake, each once. */
+  const claimers = yield* Claimers.make
+  const wakes = yield* signals.subscribeWakes
+  yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(wakes), claimers.dispatch)))
 
   /**
    * A session's owner never changes (registration refuses another
@@ -154,7 +161,9 @@ export const make = Effect.gen(function*() {
       const reverted = yield* queue.revertHeldBy(sessionId)
       yield* poolsChanged(rows)
       // a member that handed a task back skips it only while another is online: this one was
-      yield* Effect.forEach(new Set(rows.map((row) => row.pool)), signals.wakePool, { discard: true })
+      yield* Effect.forEach(new Set(rows.map((row) => row.pool)), (pool) => signals.wakePool({ pool }), {
+        discard: true
+      })
       yield* Effect.logDebug(
         `session ${sessionId} ${goodbye ? "said goodbye" : "lost"}; ${reverted} held task(s) reverted or failed`
       )
@@ -165,20 +174,15 @@ export const make = Effect.gen(function*() {
     Effect.scoped(
       Effect.gen(function*() {
         const wake = yield* Queue.sliding<void>(1)
-        // Pending work may be waiting for this session: a pool signal came, a
-        // claim filled a row, or the slow poll fired. Only then is a claim
-        // worth a round trip; a finished task alone frees room but brings none.
+        // Pending work may be waiting for this session: the registry woke it
+        // for a pool, a claim filled a row, a row is healthy again, or the slow
+        // poll fired. Only then is a claim worth a round trip; a finished task
+        // alone frees room but brings none.
         const mayHaveWork = yield* Ref.make(true)
         const lookAgain = Effect.zipRight(Ref.set(mayHaveWork, true), Queue.offer(wake, undefined))
-        /** Follows the pool (and name) signals of each row, once per pool. */
-        const subscribed = new Set<string>()
-        const follow = (rows: ReadonlyArray<Llm>) =>
-          Effect.forEach(rows.flatMap((row) => [row.pool, row.name]), (pool) =>
-            subscribed.has(pool) ? Effect.void : Effect.gen(function*() {
-              subscribed.add(pool)
-              const dequeue = yield* signals.subscribePool(pool)
-              yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Queue.take(dequeue), lookAgain)))
-            }), { discard: true })
+        // Leaving (this scope closing) passes on the wakes it has not answered.
+        const claimer = yield* claimers.join(sessionId, lookAgain)
+        const follow = (rows: ReadonlyArray<Llm>) => claimer.serve(rows)
         const own = yield* signals.subscribeSession(sessionId)
         const bound = yield* registry.bindSession(sessionId)
         // Claims this session has not acknowledged go out again first (same
@@ -188,6 +192,7 @@ export const make = Effect.gen(function*() {
         if (unacknowledged.length > 0) {
           yield* mailbox.offerAll(unacknowledged)
         }
+        // woken for its pools from now on; the first claim below sees what was queued before
         yield* follow(bound)
         yield* poolsChanged(bound)
         yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(own), (event) => {
@@ -195,7 +200,9 @@ export const make = Effect.gen(function*() {
             case "Cancel":
               return mailbox.offer({ _tag: "cancel", taskId: event.taskId, reason: event.reason })
             case "Freed":
-              return Queue.offer(wake, undefined)
+              return Effect.zipRight(claimer.freed(event.llmName), Queue.offer(wake, undefined))
+            case "Look":
+              return lookAgain
             case "Rows":
               // re-registered while open: new rows may serve new pools with work
               // waiting. A failed read must not end this listener (cancel frames
@@ -212,7 +219,10 @@ export const make = Effect.gen(function*() {
         })))
         while (true) {
           if (yield* Ref.getAndSet(mayHaveWork, false)) {
-            const { frames, full, retry } = yield* queue.claim(sessionId)
+            yield* claimer.claimStarts
+            const { frames, full, retry, rooms } = yield* queue.claim(sessionId)
+            // counts its room, and passes on the wakes it could not answer
+            yield* claimer.claimEnded(rooms)
             if (frames.length > 0) {
               yield* mailbox.offerAll(frames)
             }
@@ -231,9 +241,7 @@ export const make = Effect.gen(function*() {
         }
       })
     ).pipe(
-      Effect.catchAllCause((cause) =>
-        Effect.logError(`session ${sessionId} actor failed`, cause)
-      ),
+      Effect.catchAllCause((cause) => Effect.logError(`session ${sessionId} actor failed`, cause)),
       Effect.asVoid
     )
 
@@ -294,7 +302,14 @@ export const make = Effect.gen(function*() {
       yield* registry.heartbeat(sessionId)
       if (changed.length === 0) return
       yield* poolsChanged(changed)
-      yield* Effect.forEach(new Set(changed.map((row) => row.pool)), signals.wakePool, { discard: true })
+      // healthy again: the session takes what was queued for the row meanwhile (its pool or pinned to it)
+      if (changed.some((row) => row.healthy)) yield* signals.publishSession(sessionId, { _tag: "Look" })
+      // gone unhealthy: a member of its pool may now take the tasks it handed back
+      yield* Effect.forEach(
+        new Set(changed.filter((row) => !row.healthy).map((row) => row.pool)),
+        (pool) => signals.wakePool({ pool }),
+        { discard: true }
+      )
       yield* Effect.logInfo(
         `session ${sessionId}: ${
           changed.map((row) => `${row.name} ${row.healthy ? "healthy" : "unhealthy"}`).join(", ")

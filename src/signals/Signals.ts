@@ -4,6 +4,11 @@
  * Signals are hints, never the truth: every subscriber re-reads PostgreSQL
  * after subscribing and on a slow poll. This is the in-process implementation
  * (one broker); a LISTEN/NOTIFY one would keep the same interface.
+ *
+ * A pool wake says which pool has one more unit of work, not who should take
+ * it: each broker instance receives every pool wake once (`subscribeWakes`)
+ * and chooses among the sessions it holds itself (src/sessions/Claimers.ts),
+ * so one enqueue costs a bounded number of claims however big the pool.
  */
 import { Context, Effect, Layer, Queue, type Scope } from "effect"
 import type { Task, TaskStatus } from "../domain/Task.js"
@@ -29,15 +34,35 @@ export type TaskEvent =
 
 export type SessionEvent =
   | { readonly _tag: "Cancel"; readonly taskId: string; readonly reason: string }
-  /** One of the session's tasks finished or left it: it may claim again. */
-  | { readonly _tag: "Freed" }
+  /**
+   * One of the session's tasks finished or left it: it may claim again. The
+   * row that held it, when known, so the session's room is counted per pool.
+   */
+  | { readonly _tag: "Freed"; readonly llmName?: string | null | undefined }
   /** The session re-registered: its rows (and so its pools) may have changed. */
   | { readonly _tag: "Rows" }
+  /** A row of the session became healthy: work queued meanwhile may be its to take. */
+  | { readonly _tag: "Look" }
+
+/** One unit of new work in a pool (a task enqueued or back in the queue): one claimer should look. */
+export interface PoolWake {
+  readonly pool: string
+  /** The task is pinned to this row: only the row's session can take it. */
+  readonly llmName?: string | null | undefined
+  /**
+   * The session that handed the task back: it skips the task while another
+   * member is online, so another member should look first.
+   */
+  readonly handedBackBy?: string | null | undefined
+}
 
 export interface SignalsShape {
-  /** The pool has new pending work: its sessions look for it. */
-  readonly wakePool: (pool: string) => Effect.Effect<void>
-  readonly subscribePool: (pool: string) => Effect.Effect<Queue.Dequeue<void>, never, Scope.Scope>
+  /** The pool has one more pending task: one claimer, chosen by the instance that holds it, looks. */
+  readonly wakePool: (wake: PoolWake) => Effect.Effect<void>
+  /** Every pool's wakes, each once: what an instance's claimers' dispatcher follows. */
+  readonly subscribeWakes: Effect.Effect<Queue.Dequeue<PoolWake>, never, Scope.Scope>
+  /** One pool's wakes. */
+  readonly subscribePool: (pool: string) => Effect.Effect<Queue.Dequeue<PoolWake>, never, Scope.Scope>
   /** A member of the pool came, went or changed health: calls queued for it re-check who serves it. */
   readonly poolChanged: (pool: string) => Effect.Effect<void>
   readonly subscribePoolChanges: (pool: string) => Effect.Effect<Queue.Dequeue<void>, never, Scope.Scope>
@@ -80,12 +105,15 @@ const keyedHub = <A>() => {
 }
 
 export const makeLocal = Effect.sync((): SignalsShape => {
-  const pools = keyedHub<void>()
+  const pools = keyedHub<PoolWake>()
+  /** Every pool's wakes, under one key. */
+  const wakes = keyedHub<PoolWake>()
   const poolChanges = keyedHub<void>()
   const tasks = keyedHub<TaskEvent>()
   const sessions = keyedHub<SessionEvent>()
   return {
-    wakePool: (pool) => pools.publish(pool, undefined),
+    wakePool: (wake) => Effect.zipRight(pools.publish(wake.pool, wake), wakes.publish("*", wake)),
+    subscribeWakes: wakes.subscribe("*"),
     subscribePool: pools.subscribe,
     poolChanged: (pool) => poolChanges.publish(pool, undefined),
     subscribePoolChanges: poolChanges.subscribe,

@@ -8,7 +8,7 @@
  * `bigint` as a string); a row that does not decode is a defect.
  */
 import { SqlClient, SqlSchema, type Statement } from "@effect/sql"
-import { Context, Effect, Layer, Option, Schema, Struct } from "effect"
+import { Context, Effect, Layer, Metric, Option, Schema, Struct } from "effect"
 import { Task, TaskId, TaskStatus } from "../domain/Task.js"
 
 /** A row of `llm_relay.inference_tasks` as the database returns it (names camel-cased). */
@@ -77,8 +77,12 @@ export const Moved = Schema.Struct({
   id: TaskId,
   status: TaskStatus,
   pool: Schema.String,
+  /** The row the task is pinned to, if any: only its session can take it again. */
+  llmName: Schema.NullOr(Schema.String),
   claimedBy: Schema.NullOr(Schema.String),
-  previousHolder: Schema.NullOr(Schema.String)
+  previousHolder: Schema.NullOr(Schema.String),
+  /** The row of the previous holder that held it. */
+  previousLlm: Schema.NullOr(Schema.String)
 })
 export type Moved = typeof Moved.Type
 
@@ -125,11 +129,26 @@ export type Holder = typeof Holder.Type
 export const ChunkBatch = Schema.Struct({ seq: Schema.Int, chunks: Schema.Array(Schema.String) })
 export type ChunkBatch = typeof ChunkBatch.Type
 
+/**
+ * A row of the claiming session as the claim found it: its free slots before
+ * the claim, how many it took, and whether it filled up with unpinned work of
+ * its pool still pending (`more`: another member may take it).
+ */
+export interface Room {
+  readonly llmName: string
+  readonly pool: string
+  readonly free: number
+  readonly taken: number
+  readonly more: boolean
+}
+
 /** What one claim took: the tasks, and whether a row filled up (`full`) or kept room (`roomLeft`). */
 export interface Claimed {
   readonly tasks: ReadonlyArray<ClaimedRow>
   readonly full: boolean
   readonly roomLeft: boolean
+  /** Each active, healthy row of the session (a row absent here has no room: inactive or unhealthy). */
+  readonly rooms: ReadonlyArray<Room>
 }
 
 export interface TaskRepoShape {
@@ -195,12 +214,22 @@ export interface TaskRepoShape {
 }
 
 /**
+ * Claim statements run by this process: what a wake-up costs the database
+ * (each is one transaction). Tests and benchmarks read it with `Metric.value`.
+ */
+export const claimStatements = Metric.counter("llm_relay_claim_statements_total", {
+  description: "claim statements run (one transaction each)",
+  incremental: true
+})
+
+/**
  * A row of the claim statement: a capacity row of the session (its name and
  * free slots), with the task claimed for it, or with none.
  */
+const Capacity = { capName: Schema.String, capPool: Schema.String, capFree: Schema.Int, capMore: Schema.Boolean }
 const CapacityRow = Schema.Union(
-  Schema.Struct({ capName: Schema.String, capFree: Schema.Int, id: Schema.Null }),
-  Schema.Struct({ ...ClaimedRow.fields, capName: Schema.String, capFree: Schema.Int })
+  Schema.Struct({ ...Capacity, id: Schema.Null }),
+  Schema.Struct({ ...ClaimedRow.fields, ...Capacity })
 )
 
 const json = (value: unknown) => (value === undefined ? null : JSON.stringify(value))
@@ -351,7 +380,12 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
    *
    * Returns every capacity row (LEFT JOIN), with the task claimed for it if
    * any: `full` when a row's claims reached its free capacity (it may have
-   * left work), `roomLeft` when another row still had room.
+   * left work), `roomLeft` when another row still had room. A row that
+   * filled up also says whether unpinned work of its pool is still pending
+   * (`more`, an index probe that stops at the first such task): the session
+   * then passes its wake on to another member (src/sessions/Claimers.ts).
+   * Read in the statement's snapshot, `more` may count a task a concurrent
+   * claim has just taken: one needless wake, never a missed one.
    */
   const claimRows = SqlSchema.findAll({
     Request: Schema.Struct({ sessionId: Schema.String, at: At }),
@@ -402,29 +436,36 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
         WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
         RETURNING t.*, (SELECT picked.llm_model FROM picked WHERE picked.id = t.id LIMIT 1) AS llm_model
       )
-      SELECT c.name AS cap_name, c.free AS cap_free, claimed.*
+      SELECT c.name AS cap_name, c.pool AS cap_pool, c.free AS cap_free,
+             CASE WHEN (SELECT count(*) FROM picked WHERE picked.llm = c.name) >= c.free
+                  THEN EXISTS (SELECT 1 FROM llm_relay.inference_tasks w
+                               WHERE w.status = 'pending' AND w.llm_name IS NULL AND w.pool = c.pool
+                                 AND w.id <> ALL (ARRAY(SELECT id FROM picked)))
+                  ELSE false END AS cap_more,
+             claimed.*
       FROM cap c LEFT JOIN claimed ON claimed.claimed_llm = c.name`
   })
   const claimFor = (sessionId: string, at: Date) =>
-    claimRows({ sessionId, at }).pipe(
+    Metric.increment(claimStatements).pipe(
+      Effect.zipRight(claimRows({ sessionId, at })),
       Effect.map((rows): Claimed => {
-        const free = new Map<string, number>()
+        const free = new Map<string, { pool: string; free: number; more: boolean }>()
         const taken = new Map<string, number>()
         const tasks: Array<ClaimedRow> = []
         for (const row of rows) {
-          free.set(row.capName, row.capFree)
+          free.set(row.capName, { pool: row.capPool, free: row.capFree, more: row.capMore })
           if (row.id !== null) {
-            const { capFree: _free, capName: _name, ...task } = row
+            const { capFree: _free, capMore: _more, capName: _name, capPool: _pool, ...task } = row
             tasks.push(task)
             taken.set(row.capName, (taken.get(row.capName) ?? 0) + 1)
           }
         }
-        const full = [...free].some(([name, n]) => (taken.get(name) ?? 0) >= n)
-        const roomLeft = [...free].some(([name, n]) => (taken.get(name) ?? 0) < n)
+        const rooms = [...free].map(([llmName, cap]): Room => ({ llmName, ...cap, taken: taken.get(llmName) ?? 0 }))
         return {
           tasks: tasks.sort((a, b) => b.priority - a.priority || +a.createdAt - +b.createdAt || a.seq - b.seq),
-          full,
-          roomLeft
+          full: rooms.some((room) => room.taken >= room.free),
+          roomLeft: rooms.some((room) => room.taken < room.free),
+          rooms
         }
       }),
       Effect.orDie
@@ -570,7 +611,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
   const revert = (where: Statement.Fragment, maxAttempts: number, at: Date) =>
     sql`
       WITH target AS MATERIALIZED (
-        SELECT id, claimed_by, output_started, attempts >= ${maxAttempts} AS spent
+        SELECT id, claimed_by, claimed_llm, output_started, attempts >= ${maxAttempts} AS spent
         FROM llm_relay.inference_tasks WHERE ${held} AND ${where}
         ORDER BY id
         FOR UPDATE
@@ -588,7 +629,8 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
           completed_at = CASE WHEN target.output_started OR target.spent THEN ${at}::timestamptz END,
           updated_at = ${at}
       FROM target WHERE t.id = target.id
-      RETURNING t.id, t.status, t.pool, t.claimed_by, target.claimed_by AS previous_holder`
+      RETURNING t.id, t.status, t.pool, t.llm_name, t.claimed_by, target.claimed_by AS previous_holder,
+                target.claimed_llm AS previous_llm`
 
   /** A statement that moves held or timed-out tasks, with the rows it moved. */
   const moving = <I, IA>(Request: Schema.Schema<I, IA>, execute: (request: IA) => Statement.Statement<object>) => {
@@ -630,7 +672,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
       UPDATE llm_relay.inference_tasks
       SET status = 'error', error_type = 'Expired', error_message = ${message}, completed_at = ${at}, updated_at = ${at}
       WHERE status = 'pending' AND created_at < ${createdBefore}
-      RETURNING id, status, pool, claimed_by, claimed_by AS previous_holder`
+      RETURNING id, status, pool, llm_name, claimed_by, claimed_by AS previous_holder, claimed_llm AS previous_llm`
   )
   const expirePending = (createdBefore: Date, message: string, at: Date) =>
     expireCreatedBefore({ createdBefore, message, at })
@@ -642,7 +684,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
       UPDATE llm_relay.inference_tasks
       SET status = 'error', error_type = 'Timeout', error_message = ${message}, completed_at = ${at}, updated_at = ${at}
       WHERE status = 'running' AND claimed_at < ${claimedBefore}
-      RETURNING id, status, pool, claimed_by, claimed_by AS previous_holder`
+      RETURNING id, status, pool, llm_name, claimed_by, claimed_by AS previous_holder, claimed_llm AS previous_llm`
   )
   const timeoutRunning = (claimedBefore: Date, message: string, at: Date) =>
     timeoutClaimedBefore({ claimedBefore, message, at })

@@ -29,7 +29,7 @@ import {
 } from "../domain/Task.js"
 import { Registry } from "../registry/Registry.js"
 import { Signals, type TaskEnding, type TaskEvent } from "../signals/Signals.js"
-import { type ClaimedRow, type Holder, type Moved, taskFromRow, TaskRepo, type TaskRow } from "./Repo.js"
+import { type ClaimedRow, type Holder, type Moved, type Room, taskFromRow, TaskRepo, type TaskRow } from "./Repo.js"
 
 export interface EnqueueRequest {
   /** An LLM name (pinned to that row) or a pool name (any member). */
@@ -111,6 +111,8 @@ export interface Claimed {
   readonly full: boolean
   /** A full row sits next to one with room, which may have lost a task to it: look again at once. */
   readonly retry: boolean
+  /** Each active, healthy row of the session: its free slots before the claim and how many it took. */
+  readonly rooms: ReadonlyArray<Room>
 }
 
 /** What one pass of the task sweep did. */
@@ -289,11 +291,13 @@ export const make = Effect.gen(function*() {
       (task) =>
         Effect.all([
           changed(task.id, task.status),
-          task.status === "pending" ? signals.wakePool(task.pool) : Effect.void,
+          task.status === "pending" ? signals.wakePool({ pool: task.pool, llmName: task.llmName }) : Effect.void,
           task.previousHolder !== null && cancelReason !== undefined
             ? signals.publishSession(task.previousHolder, { _tag: "Cancel", taskId: task.id, reason: cancelReason })
             : Effect.void,
-          task.previousHolder !== null ? signals.publishSession(task.previousHolder, { _tag: "Freed" }) : Effect.void
+          task.previousHolder !== null
+            ? signals.publishSession(task.previousHolder, { _tag: "Freed", llmName: task.previousLlm })
+            : Effect.void
         ], { discard: true }),
       { discard: true }
     )
@@ -379,7 +383,7 @@ export const make = Effect.gen(function*() {
         config.limitPending
       )
       if (Option.isSome(inserted)) {
-        yield* signals.wakePool(inserted.value.pool)
+        yield* signals.wakePool({ pool: inserted.value.pool, llmName: inserted.value.llmName })
         return { row: inserted.value, fresh: true }
       }
       const earlier = key === null ? Option.none() : yield* keyed(request, key)
@@ -435,7 +439,7 @@ export const make = Effect.gen(function*() {
    * task to it: look again at once.
    */
   const claim = Effect.fn("TaskQueue.claim")(function*(sessionId: string) {
-    const { tasks, full, roomLeft } = yield* repo.claimFor(sessionId, yield* now)
+    const { full, roomLeft, rooms, tasks } = yield* repo.claimFor(sessionId, yield* now)
     const frames: Array<TaskFrame> = []
     for (const task of tasks) {
       frames.push(frameOf(task))
@@ -444,8 +448,8 @@ export const make = Effect.gen(function*() {
     // Pinned tasks taken by a full row may have left pool tasks locked past
     // the cut, which another session skipped: wake the pool for them.
     const pinnedPools = new Set(tasks.filter((task) => task.llmName !== null).map((task) => task.pool))
-    if (full) yield* Effect.forEach(pinnedPools, (pool) => signals.wakePool(pool), { discard: true })
-    return { frames, full, retry: full && roomLeft && frames.length > 0 }
+    if (full) yield* Effect.forEach(pinnedPools, (pool) => signals.wakePool({ pool }), { discard: true })
+    return { frames, full, retry: full && roomLeft && frames.length > 0, rooms }
   })
 
   const unacknowledged = Effect.fn("TaskQueue.unacknowledged")(function*(sessionId: string) {
@@ -513,7 +517,7 @@ export const make = Effect.gen(function*() {
   const finished = (sessionId: string, row: TaskRow) =>
     Effect.zipRight(
       signals.publishTask(row.id, { _tag: "Finished", ending: endingOf(row) }),
-      signals.publishSession(sessionId, { _tag: "Freed" })
+      signals.publishSession(sessionId, { _tag: "Freed", llmName: row.claimedLlm })
     )
 
   const complete = Effect.fn("TaskQueue.complete")(
@@ -539,9 +543,9 @@ export const make = Effect.gen(function*() {
         if (Option.isSome(handedBack)) {
           const row = handedBack.value
           if (row.status === "pending") {
-            // like a revert: waiters see it queued again, the pool's members look, the session has room
+            // like a revert: waiters see it queued again, another member of the pool looks, the session has room
             yield* changed(taskId, "pending")
-            yield* signals.wakePool(row.pool)
+            yield* signals.wakePool({ pool: row.pool, llmName: row.llmName, handedBackBy: sessionId })
             yield* signals.publishSession(sessionId, { _tag: "Freed" })
           } else {
             yield* finished(sessionId, row)
@@ -564,7 +568,7 @@ export const make = Effect.gen(function*() {
       yield* signals.publishTask(taskId, { _tag: "Finished", ending: endingOf(row) })
       if (row.claimedBy !== null) {
         yield* signals.publishSession(row.claimedBy, { _tag: "Cancel", taskId, reason })
-        yield* signals.publishSession(row.claimedBy, { _tag: "Freed" })
+        yield* signals.publishSession(row.claimedBy, { _tag: "Freed", llmName: row.claimedLlm })
       }
       return taskFromRow(row)
     }

@@ -134,7 +134,7 @@ describe("who is told", () => {
       yield* queue.cancel(held.id, "the client closed the connection")
       const expected: ReadonlyArray<SessionEvent> = [
         { _tag: "Cancel", taskId: held.id, reason: "the client closed the connection" },
-        { _tag: "Freed" }
+        { _tag: "Freed", llmName: "l" }
       ]
       assert.deepStrictEqual(yield* drain(events), expected)
       yield* queue.cancel(held.id, "again")
@@ -142,7 +142,7 @@ describe("who is told", () => {
       assert.strictEqual(Option.getOrThrow(yield* queue.get(held.id)).errorMessage, "the client closed the connection")
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 
-  it.effect("a result or an error frees the holder's slot (freed); an ack or chunks do not", () =>
+  it.effect("a result or an error frees the holder's slot (freed, with its row); an ack or chunks do not", () =>
     Effect.gen(function*() {
       const queue = yield* TaskQueue
       const signals = yield* Signals
@@ -156,6 +156,7 @@ describe("who is told", () => {
       assert.deepStrictEqual(yield* drain(events), [])
       yield* queue.complete("session-s", a.id, { status: 200 }, 1)
       yield* queue.fail("session-s", b.id, { message: "m", status: 500 }, 1)
-      assert.deepStrictEqual(yield* drain(events), [{ _tag: "Freed" }, { _tag: "Freed" }])
+      const freed: ReadonlyArray<SessionEvent> = [{ _tag: "Freed", llmName: "l" }, { _tag: "Freed", llmName: "l" }]
+      assert.deepStrictEqual(yield* drain(events), freed, "naming the row that held the task")
     }).pipe(Effect.provide(QueueTest), Effect.scoped))
 })
