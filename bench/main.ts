@@ -203,7 +203,12 @@ const startBroker = async (databaseUrl: string): Promise<Broker> => {
   const proc = await spawnNode([...profileFlags(), "bin/llm-relay", "serve", "--port", String(port)], {
     DATABASE_URL: databaseUrl,
     RELAY_ADMIN_TOKEN: ADMIN,
-    RELAY_DB_MAX_CONNECTIONS: "20"
+    RELAY_DB_MAX_CONNECTIONS: "20",
+    // one bench token stands for many users (500 sessions, thousands of calls): the per-principal limits step aside
+    RELAY_LIMIT_TASK_STREAMS: "100000",
+    RELAY_LIMIT_WAITING: "100000",
+    RELAY_LIMIT_LLMS: "100000",
+    RELAY_LIMIT_PENDING: "10000000"
   }, /Listening on/)
   cleanups.push(proc.stop)
   return { url: `http://127.0.0.1:${port}`, proc, pid: proc.child.pid! }

@@ -275,7 +275,7 @@ describe("sessions the sweep deletes", () => {
       const sessions = yield* Sessions
       const registry = yield* Registry
       const sweeper = yield* Sweeper
-      const alice = { id: "alice", name: "alice", role: "publisher" as const }
+      const alice = { id: "alice", tokenId: "tok-alice", name: "alice", role: "publisher" as const }
       yield* sessions.register(alice, { sessionId: "gone-session", providers: [provider("gone-row")] })
       yield* sessions.close("gone-session", "goodbye")
       yield* TestClock.adjust("3 hours")
@@ -294,8 +294,8 @@ describe("sessions the sweep deletes", () => {
     Effect.gen(function*() {
       const sessions = yield* Sessions
       const sweeper = yield* Sweeper
-      const alice = { id: "alice", name: "alice", role: "publisher" as const }
-      const bob = { id: "bob", name: "bob", role: "publisher" as const }
+      const alice = { id: "alice", tokenId: "tok-alice", name: "alice", role: "publisher" as const }
+      const bob = { id: "bob", tokenId: "tok-bob", name: "bob", role: "publisher" as const }
       yield* sessions.register(alice, { sessionId: "reused-id", providers: [provider("alice-row")] })
       yield* sessions.close("reused-id", "goodbye")
       yield* TestClock.adjust("4 hours")
