@@ -59,9 +59,11 @@ export const call = (
       : { model: provider.model }
     let request = HttpClientRequest.post(url).pipe(HttpClientRequest.bodyUnsafeJson(body))
     if (provider.apiKey !== undefined) request = HttpClientRequest.bearerToken(request, provider.apiKey)
+    // what the broker passes on to clients names the provider, never the upstream's address (PROTOCOL v1.1);
+    // the publisher's own log names the address and the real cause
     const unreachable = (e: unknown): UpstreamFailure => ({
       status: 502,
-      message: `the upstream ${url} is unreachable: ${transportCause(e)}`
+      message: `the upstream of '${provider.name}' is unreachable (${errorCode(transportCause(e))})`
     })
     const response = yield* Effect.either(http.execute(request))
     if (response._tag === "Left") {
@@ -93,7 +95,7 @@ export const call = (
       // an OpenAI-compatible answer is JSON; anything else must not pass for a success
       const failure: UpstreamFailure = {
         status: 502,
-        message: `the upstream ${url} answered ${res.status} with a body that is not JSON: ${
+        message: `the upstream of '${provider.name}' answered ${res.status} with a body that is not JSON: ${
           JSON.stringify(text.right.slice(0, 200))
         }`
       }
@@ -101,6 +103,9 @@ export const call = (
     }
     return { _tag: "Whole", status: res.status, body: parsed } as const
   })
+
+/** The system error code of a transport cause (`ECONNREFUSED`), without the address that follows it. */
+export const errorCode = (cause: string): string => /^E[A-Z_]+/.exec(cause)?.[0] ?? "no answer"
 
 /**
  * The real reason a request got no answer, from the error's `cause` chain

@@ -563,6 +563,30 @@ describe("public LLMs", () => {
     }
   })
 
+  it("an upstream nobody listens on: 502 UpstreamError naming the LLM and the error code, never its address", async () => {
+    const closed = Http.createServer()
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve))
+    const port = (closed.address() as { port: number }).port
+    await new Promise<void>((resolve) => closed.close(() => resolve()))
+    const name = unique("gone")
+    const created = await call("/v1/llms", {
+      method: "POST",
+      token: broker.adminToken,
+      raw: JSON.stringify({ name, model: "m", url: `http://127.0.0.1:${port}/v1` })
+    })
+    assert.strictEqual(created.status, 201)
+    const response = await fetch(`${broker.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${clientToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: name, messages: [] })
+    })
+    assert.strictEqual(response.status, 502)
+    const { error } = (await response.json()) as { error: { type: string; message: string } }
+    assert.strictEqual(error.type, "UpstreamError")
+    assert.match(error.message, new RegExp(`'${name}' is unreachable \\(ECONNREFUSED\\)`))
+    assert.notInclude(error.message, String(port))
+  })
+
   it("are proxied by name and by a pool of only public rows, streamed or not; the API key never comes back", async () => {
     const upstream = await startFakeUpstream({ chunks: 3 })
     try {

@@ -226,6 +226,9 @@ layer(AppLive, { timeout: 120_000, excludeTestServices: true })("the wire error 
       const wrongType = yield* call("/v1/tasks", { method: "POST", token: client, body: big })
       assertWireError(wrongType, 400, "BadRequest", /^body: /)
       assert.isBelow(JSON.stringify(wrongType.body).length, 1000, "the value is not echoed whole")
+      // at most 200 characters of the value itself (PROTOCOL v1.1)
+      const quoted = /x+/.exec((wrongType.body as { error: { message: string } }).error.message)?.[0] ?? ""
+      assert.isAtMost(quoted.length, 200)
     }))
 
   it.effect("a form on a JSON route, a public URL with credentials: 400s; clients do not see which session serves a row", () =>

@@ -253,6 +253,8 @@ describe("llm-relay publish", () => {
     assert.instanceOf(failure, OpenAI.APIError)
     assert.strictEqual((failure as InstanceType<typeof OpenAI.APIError>).status, 502)
     assert.match(String((failure as Error).message), /not JSON/)
+    // the client is told which provider, never where its upstream lives
+    assert.notInclude(String((failure as Error).message), new URL(fake.baseUrl).host)
   })
 
   it("asked to stream, an upstream that answers whole JSON: the SDK still reads a stream, holding the whole answer", async () => {

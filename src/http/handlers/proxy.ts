@@ -29,9 +29,19 @@ export const proxyPublic = (
           },
           body: JSON.stringify({ ...body, model: row.model })
         }),
-      catch: (cause) =>
-        new UpstreamError({ status: 502, message: `the public LLM '${row.name}' is unreachable: ${String(cause)}` })
+      catch: (cause) => cause
     }).pipe(
+      // the client is told which LLM and the error code; its address (internal, maybe) only goes to the log
+      Effect.catchAll((cause) => {
+        const inner = (cause as { cause?: { code?: unknown } } | undefined)?.cause?.code
+        const code = typeof inner === "string" ? inner : "no answer"
+        return Effect.zipRight(
+          Effect.logWarning(`public LLM ${row.name}: ${url} unreachable`, cause),
+          Effect.fail(
+            new UpstreamError({ status: 502, message: `the public LLM '${row.name}' is unreachable (${code})` })
+          )
+        )
+      }),
       // the fetch is aborted (its signal) when the time runs out
       Effect.timeoutFail({
         duration: timeout,
