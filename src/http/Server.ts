@@ -13,7 +13,7 @@ import {
 } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Layer, Option } from "effect"
-import { createServer } from "node:http"
+import { createServer, IncomingMessage } from "node:http"
 import { RelayConfig } from "../config.js"
 import { BadRequest, PayloadTooLarge } from "../domain/Errors.js"
 import { RelayApi } from "./Api.js"
@@ -47,9 +47,38 @@ const bodyLimit = HttpApiBuilder.middleware(
           new PayloadTooLarge({ message: `the request body is over the limit of ${config.maxBodyBytes} bytes` })
         )
       }
+      if (request.headers["content-length"] === undefined) lingerPastLimit(request, config.maxBodyBytes)
       return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(config.maxBodyBytes))
     }))
 )
+
+/**
+ * A chunked body (no Content-Length) is only known to be too large once
+ * reading passes the limit. The HTTP layer then destroys the request, and
+ * with it the socket: the client, still sending, got a reset instead of its
+ * 413. Here that destroy of an incomplete request drains the rest instead
+ * (discarded; at most 4× the limit, or 10 s), so the 413 reaches the client.
+ * A request read whole is destroyed as before.
+ */
+const lingerPastLimit = (request: HttpServerRequest.HttpServerRequest, limit: number) => {
+  const source: unknown = request.source
+  if (!(source instanceof IncomingMessage)) return
+  const destroy = source.destroy.bind(source)
+  source.destroy = ((error?: Error) => {
+    if (source.complete || source.socket === null || source.socket.destroyed) return destroy(error)
+    let drained = 0
+    source.removeAllListeners("data")
+    source.on("data", (chunk: Buffer | string) => {
+      drained += chunk.length
+      if (drained > 4 * limit) destroy()
+    })
+    source.resume()
+    setTimeout(() => {
+      if (!source.complete) destroy()
+    }, 10_000).unref()
+    return source
+  }) as typeof source.destroy
+}
 
 const errors = HttpApiBuilder.middleware(Effect.succeed(errorMiddleware))
 

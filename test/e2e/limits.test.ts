@@ -175,3 +175,34 @@ describe("limits per principal", () => {
     assert.strictEqual((await enqueue()).status, 202)
   })
 })
+
+describe("the body limit", () => {
+  it("a chunked body (no Content-Length) over the limit is 413 PayloadTooLarge, answered, not a reset connection", async () => {
+    const small = await startBroker({ maxBodyBytes: 1024 * 1024 })
+    try {
+      const client = await small.token("client")
+      const piece = new TextEncoder().encode("x".repeat(64 * 1024))
+      let sent = 0
+      const body = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          // 4 MiB in all, four times the limit, in 64 KiB pieces
+          if (sent >= 4 * 1024 * 1024) return controller.close()
+          if (sent === 0) controller.enqueue(new TextEncoder().encode("{\"model\":\"m\",\"messages\":[],\"pad\":\""))
+          controller.enqueue(piece)
+          sent += piece.length
+        }
+      })
+      const response = await fetch(`${small.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${client}`, "content-type": "application/json" },
+        body,
+        duplex: "half"
+      } as RequestInit)
+      assert.strictEqual(response.status, 413)
+      const { error } = (await response.json()) as { error: { type: string } }
+      assert.strictEqual(error.type, "PayloadTooLarge")
+    } finally {
+      await small.close()
+    }
+  })
+})
