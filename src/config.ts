@@ -13,6 +13,8 @@ export interface RelayConfigShape {
   readonly runningTimeout: Duration.Duration
   readonly inactiveRetention: Duration.Duration
   readonly terminalRetention: Duration.Duration
+  /** A finished task's request, response and output are erased this long after it ended (the row stays). */
+  readonly bodyRetention: Duration.Duration
   readonly sweepInterval: Duration.Duration
   readonly keepaliveInterval: Duration.Duration
   readonly syncTimeout: Duration.Duration
@@ -55,6 +57,7 @@ export const defaults: RelayConfigShape = {
   runningTimeout: Duration.minutes(30),
   inactiveRetention: Duration.hours(4),
   terminalRetention: Duration.days(7),
+  bodyRetention: Duration.hours(24),
   sweepInterval: Duration.seconds(15),
   keepaliveInterval: Duration.seconds(15),
   syncTimeout: Duration.seconds(600),
@@ -88,6 +91,7 @@ export const fromEnv: Config.Config<RelayConfigShape> = Config.all({
   runningTimeout: duration("RELAY_RUNNING_TIMEOUT", defaults.runningTimeout),
   inactiveRetention: duration("RELAY_INACTIVE_RETENTION", defaults.inactiveRetention),
   terminalRetention: duration("RELAY_TERMINAL_RETENTION", defaults.terminalRetention),
+  bodyRetention: duration("RELAY_BODY_RETENTION", defaults.bodyRetention),
   sweepInterval: duration("RELAY_SWEEP_INTERVAL", defaults.sweepInterval),
   keepaliveInterval: duration("RELAY_KEEPALIVE_INTERVAL", defaults.keepaliveInterval),
   syncTimeout: duration("RELAY_SYNC_TIMEOUT", defaults.syncTimeout),

@@ -48,7 +48,7 @@ export class Sweeper extends Context.Tag("llm-relay/Sweeper")<Sweeper, SweeperSh
       const pass = sweeper.sweepOnce.pipe(
         Effect.tap(({ llms, tasks }) =>
           llms.markedInactive + llms.deleted + llms.deletedSessions.length + tasks.reverted + tasks.expired +
-                tasks.timedOut + tasks.deleted > 0
+                tasks.timedOut + tasks.deleted + tasks.erased > 0
             ? Effect.logInfo("sweep", { llms, tasks })
             : Effect.void
         ),

@@ -210,6 +210,8 @@ export interface TaskRepoShape {
   readonly expirePending: (createdBefore: Date, message: string, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
   readonly timeoutRunning: (claimedBefore: Date, message: string, at: Date) => Effect.Effect<ReadonlyArray<Moved>>
   readonly deleteFinished: (completedBefore: Date, batch: number) => Effect.Effect<number>
+  /** Erases the request, response and chunks of up to `batch` tasks finished before the cutoff. */
+  readonly eraseBodies: (completedBefore: Date, batch: number, at: Date) => Effect.Effect<number>
   readonly chunksFrom: (taskId: string, fromSeq: number) => Effect.Effect<ReadonlyArray<ChunkBatch>>
 }
 
@@ -705,6 +707,30 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
   const deleteFinished = (completedBefore: Date, batch: number) =>
     deleteCompletedBefore({ completedBefore, batch }).pipe(Effect.map((rows) => rows.length), Effect.orDie)
 
+  const eraseBodiesBefore = SqlSchema.findAll({
+    Request: Schema.Struct({ completedBefore: At, batch: Schema.Int, at: At }),
+    Result: Id,
+    execute: ({ at, batch, completedBefore }) =>
+      sql`
+      WITH doomed AS MATERIALIZED (
+        SELECT id FROM llm_relay.inference_tasks
+        WHERE bodies_erased_at IS NULL AND status IN ('completed', 'error', 'cancelled')
+          AND completed_at < ${completedBefore}
+        ORDER BY completed_at
+        LIMIT ${batch}
+        FOR UPDATE SKIP LOCKED
+      ),
+      chunks AS (
+        DELETE FROM llm_relay.inference_task_chunks WHERE task_id IN (SELECT id FROM doomed)
+      )
+      UPDATE llm_relay.inference_tasks t
+      SET request_body = 'null'::jsonb, response_body = NULL, bodies_erased_at = ${at}
+      FROM doomed WHERE t.id = doomed.id
+      RETURNING t.id`
+  })
+  const eraseBodies = (completedBefore: Date, batch: number, at: Date) =>
+    eraseBodiesBefore({ completedBefore, batch, at }).pipe(Effect.map((rows) => rows.length), Effect.orDie)
+
   /** Stored output batches from `fromSeq` on, in order. */
   const batchesFrom = SqlSchema.findAll({
     Request: Schema.Struct({ taskId: Schema.String, fromSeq: Schema.Int }),
@@ -717,6 +743,7 @@ export const make: Effect.Effect<TaskRepoShape, never, SqlClient.SqlClient> = Ef
   return {
     insert,
     hasPendingRoom,
+    eraseBodies,
     findByKey,
     forgetKeys,
     find,

@@ -124,6 +124,8 @@ export interface TaskSweepResult {
   readonly expired: number
   readonly timedOut: number
   readonly deleted: number
+  /** Finished tasks whose request, response and output were erased (RELAY_BODY_RETENTION). */
+  readonly erased: number
 }
 
 /** Why a publisher's post for a task matched nothing. */
@@ -628,8 +630,23 @@ export const make = Effect.gen(function*() {
       deleted += n
       if (n < config.retentionBatchSize) break
     }
+    // prompts are private: bodies go after RELAY_BODY_RETENTION, the rows stay until their own retention
+    let erased = 0
+    const eraseBefore = cutoff(at, config.bodyRetention)
+    while (true) {
+      const n = yield* repo.eraseBodies(eraseBefore, config.retentionBatchSize, atDate)
+      erased += n
+      if (n < config.retentionBatchSize) break
+    }
     const unresponsive = [...new Set(unacked.flatMap((task) => task.previousHolder ?? []))]
-    return { reverted: unacked.length, unresponsive, expired: expired.length, timedOut: timedOut.length, deleted }
+    return {
+      reverted: unacked.length,
+      unresponsive,
+      expired: expired.length,
+      timedOut: timedOut.length,
+      deleted,
+      erased
+    }
   }).pipe(Effect.withSpan("TaskQueue.sweep"))
 
   /**

@@ -47,6 +47,36 @@ describe("the periodic sweep of tasks", () => {
       assert.strictEqual((yield* queue.enqueue(request)).id, later.id, "and the key names the new one")
     }).pipe(Effect.provide(QueueTest)))
 
+  it.effect("prompts are private: 24 h after a task ended its request, response and output are erased; the row stays", () =>
+    Effect.gen(function*() {
+      const queue = yield* TaskQueue
+      const sql = yield* SqlClient.SqlClient
+      yield* serve("session-s", [{ name: "l", maxConcurrent: 10 }])
+      const old = yield* enqueue("l")
+      yield* claim("session-s")
+      yield* queue.appendChunks("session-s", old.id, ["secret ", "answer"], 1)
+      yield* queue.complete("session-s", old.id, { status: 200, body: { answer: "secret" } }, 1)
+      yield* TestClock.adjust("2 hours")
+      const recent = yield* enqueue("l")
+      yield* claim("session-s")
+      yield* queue.complete("session-s", recent.id, { status: 200, body: { answer: "recent" } }, 1)
+      yield* TestClock.adjust("22 hours")
+      yield* TestClock.adjust("1 millis") // old: 24 h and 1 ms after it ended; recent: 22 h
+      const pass = yield* queue.sweep
+      assert.strictEqual(pass.erased, 1)
+      const stored = (id: string) =>
+        sql<{ requestBody: unknown; responseBody: unknown; status: string; chunks: number }>`
+          SELECT request_body, response_body, status,
+                 (SELECT count(*)::int FROM llm_relay.inference_task_chunks c WHERE c.task_id = t.id) AS chunks
+          FROM llm_relay.inference_tasks t WHERE id = ${id}`.pipe(Effect.map((rows) => rows[0]!), Effect.orDie)
+      const erased = yield* stored(old.id)
+      assert.deepStrictEqual(erased, { requestBody: null, responseBody: null, status: "completed", chunks: 0 })
+      const kept = yield* stored(recent.id)
+      assert.deepStrictEqual(kept.responseBody, { answer: "recent" })
+      assert.isNotNull(kept.requestBody)
+      assert.strictEqual((yield* queue.sweep).erased, 0, "each task is erased once")
+    }).pipe(Effect.provide(QueueTest)))
+
   it.effect("a second pass at the same instant finds nothing to do and changes nothing", () =>
     Effect.gen(function*() {
       const queue = yield* TaskQueue
@@ -63,11 +93,18 @@ describe("the periodic sweep of tasks", () => {
       yield* queue.ack("session-s", running.id, 1)
       yield* TestClock.adjust("31 minutes")
       const first = yield* queue.sweep
-      assert.deepStrictEqual(first, { reverted: 1, unresponsive: ["session-s"], expired: 1, timedOut: 1, deleted: 1 })
+      assert.deepStrictEqual(first, {
+        reverted: 1,
+        unresponsive: ["session-s"],
+        expired: 1,
+        timedOut: 1,
+        deleted: 1,
+        erased: 0
+      })
       assert.strictEqual((yield* row(unacked.id))!.status, "pending")
       const after = yield* everything
       const second = yield* queue.sweep
-      assert.deepStrictEqual(second, { reverted: 0, unresponsive: [], expired: 0, timedOut: 0, deleted: 0 })
+      assert.deepStrictEqual(second, { reverted: 0, unresponsive: [], expired: 0, timedOut: 0, deleted: 0, erased: 0 })
       assert.strictEqual(yield* everything, after)
     }).pipe(Effect.provide(QueueTest)))
 
