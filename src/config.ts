@@ -37,6 +37,8 @@ export interface RelayConfigShape {
   readonly idempotencyWindow: Duration.Duration
   readonly maxAttempts: number
   readonly maxBodyBytes: number
+  /** Output a reader may leave unread before its stream is cut (a sync call's task is then cancelled). */
+  readonly maxBufferedOutput: number
   /** Rows deleted per statement by the retention sweep. */
   readonly retentionBatchSize: number
   /** Per principal (PROTOCOL.md "Limits per principal"): open publisher task streams. */
@@ -68,6 +70,7 @@ export const defaults: RelayConfigShape = {
   idempotencyWindow: Duration.hours(24),
   maxAttempts: 3,
   maxBodyBytes: 8 * 1024 * 1024,
+  maxBufferedOutput: 8 * 1024 * 1024,
   retentionBatchSize: 1000,
   limitTaskStreams: 64,
   limitWaiting: 1024,
@@ -102,6 +105,7 @@ export const fromEnv: Config.Config<RelayConfigShape> = Config.all({
   idempotencyWindow: duration("RELAY_IDEMPOTENCY_WINDOW", defaults.idempotencyWindow),
   maxAttempts: integer("RELAY_MAX_ATTEMPTS", defaults.maxAttempts),
   maxBodyBytes: integer("RELAY_MAX_BODY_BYTES", defaults.maxBodyBytes),
+  maxBufferedOutput: integer("RELAY_MAX_BUFFERED_OUTPUT", defaults.maxBufferedOutput),
   retentionBatchSize: integer("RELAY_RETENTION_BATCH_SIZE", defaults.retentionBatchSize),
   limitTaskStreams: integer("RELAY_LIMIT_TASK_STREAMS", defaults.limitTaskStreams),
   limitWaiting: integer("RELAY_LIMIT_WAITING", defaults.limitWaiting),

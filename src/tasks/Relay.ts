@@ -29,6 +29,7 @@ import {
   type NotVirtual,
   PublisherOffline,
   type Task,
+  TaskCancelled,
   type TaskId,
   TaskNotFound,
   type TaskPath,
@@ -120,6 +121,8 @@ export type TaskUpdate = Data.TaggedEnum<{
   Done: { readonly task: Task }
   /** It was deleted under the follower (retention). */
   Gone: { readonly taskId: TaskId }
+  /** The reader left too much output unread: its stream ends here (the task goes on). */
+  Cut: { readonly message: string }
 }>
 export const TaskUpdate = Data.taggedEnum<TaskUpdate>()
 
@@ -331,7 +334,17 @@ export const make = Effect.gen(function*() {
         )
       }
 
-      const pull = yield* Stream.toPull(waiter.chunks)
+      // a caller that stops reading is cut off once its unread output passes the cap: its task is cancelled
+      const chunks = waiter.chunks.pipe(
+        Stream.catchTag("OutputOverflow", (overflow) =>
+          Stream.fromEffect(
+            Effect.zipRight(
+              queue.cancel(taskId, overflow.message).pipe(Effect.ignore),
+              Effect.fail(new TaskCancelled({ message: overflow.message }))
+            )
+          ))
+      )
+      const pull = yield* Stream.toPull(chunks)
       // The first output or the outcome, whichever comes first; it runs on
       // while the headers go out, if they must go before it.
       const first = yield* Effect.raceFirst(
@@ -464,7 +477,9 @@ export const make = Effect.gen(function*() {
             })
           )
           const output = Stream.map(chunks, (chunk) => TaskUpdate.Chunk({ chunk })).pipe(
-            Stream.catchAll(() => Stream.empty)
+            Stream.catchAll((overflow) =>
+              Stream.concat(Stream.make(TaskUpdate.Cut({ message: overflow.message })), Stream.fail(overflow))
+            )
           )
           const done = Stream.fromEffect(
             Effect.flatMap(Effect.ignore(result), () => current(id)).pipe(
@@ -475,7 +490,9 @@ export const make = Effect.gen(function*() {
           )
           return Stream.make(TaskUpdate.Status({ task: first })).pipe(
             Stream.concat(Stream.merge(output, statuses, { haltStrategy: "left" })),
-            Stream.concat(done)
+            Stream.concat(done),
+            // cut off: the stream ends after saying why; the reader may come back and replay
+            Stream.catchTag("OutputOverflow", () => Stream.empty)
           )
         })
       )

@@ -5,7 +5,7 @@
  * lost race is, who must be woken (pools, waiters, holders), and how a waiter
  * follows a task to its end.
  */
-import { Context, Deferred, Duration, Effect, Layer, Mailbox, Option, Queue, type Scope, type Stream } from "effect"
+import { Context, Data, Deferred, Duration, Effect, Layer, Mailbox, Option, Queue, type Scope, Stream } from "effect"
 import * as Crypto from "node:crypto"
 import { cutoff, InstanceId, now, RelayConfig } from "../config.js"
 import { retryTransient } from "../db/Transient.js"
@@ -83,9 +83,19 @@ export const availability = (route: Route, nowMillis: number): "online" | "recon
 
 export type WaitError = Timeout | TaskCancelled | UpstreamError | PublisherDisconnected | PublisherOffline
 
+/**
+ * A reader left more output unread than `RELAY_MAX_BUFFERED_OUTPUT`: its
+ * stream of chunks is cut (the task itself goes on; a synchronous call
+ * cancels it, an `/events` reader does not).
+ */
+export class OutputOverflow extends Data.TaggedError("OutputOverflow")<{ readonly message: string }> {}
+
 export interface Waiter {
-  /** The task's output batches flattened, in order, each once; ends when the task ends or the wait runs out. */
-  readonly chunks: Stream.Stream<string>
+  /**
+   * The task's output batches flattened, in order, each once; ends when the
+   * task ends or the wait runs out; fails when the reader falls too far behind.
+   */
+  readonly chunks: Stream.Stream<string, OutputOverflow>
   /** The finished task, or why it did not complete. */
   readonly result: Effect.Effect<Task, WaitError>
 }
@@ -687,7 +697,9 @@ export const make = Effect.gen(function*() {
   /** A waiter on a task from a known row, with its task events already subscribed. */
   const watch = (taskId: string, timeout: Duration.Duration, events: Queue.Dequeue<TaskEvent>, initialRow: TaskRow) =>
     Effect.gen(function*() {
-      const mailbox = yield* Mailbox.make<string>()
+      const mailbox = yield* Mailbox.make<string, OutputOverflow>()
+      /** Bytes offered and not yet taken by the reader: a reader that stops reading must not hold the rest in memory. */
+      let buffered = 0
       const result = yield* Deferred.make<Task, WaitError>()
       let nextSeq = 1
 
@@ -695,6 +707,15 @@ export const make = Effect.gen(function*() {
         Effect.forEach(batches, (batch) => {
           if (batch.seq !== nextSeq) return Effect.void
           nextSeq += 1
+          for (const chunk of batch.chunks) buffered += Buffer.byteLength(chunk)
+          if (buffered > config.maxBufferedOutput) {
+            return mailbox.fail(
+              new OutputOverflow({
+                message:
+                  `the reader left more than ${config.maxBufferedOutput} bytes of output unread (RELAY_MAX_BUFFERED_OUTPUT)`
+              })
+            )
+          }
           return mailbox.offerAll(batch.chunks)
         }, { discard: true })
       const replay = Effect.suspend(() => Effect.flatMap(repo.chunksFrom(taskId, nextSeq), deliver))
@@ -747,7 +768,13 @@ export const make = Effect.gen(function*() {
         yield* mailbox.end
       })
       yield* Effect.forkScoped(Effect.raceFirst(follow, expire))
-      return { chunks: Mailbox.toStream(mailbox), result: Deferred.await(result) } satisfies Waiter
+      const chunks = Mailbox.toStream(mailbox).pipe(
+        Stream.mapChunks((taken) => {
+          for (const chunk of taken) buffered -= Buffer.byteLength(chunk)
+          return taken
+        })
+      )
+      return { chunks, result: Deferred.await(result) } satisfies Waiter
     })
 
   return {

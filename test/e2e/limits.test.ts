@@ -6,6 +6,7 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { startBroker, type TestBroker } from "../support/broker.js"
+import { chunk, RawPublisher } from "../support/rawPublisher.js"
 
 let broker: TestBroker
 beforeAll(async () => {
@@ -205,4 +206,49 @@ describe("the body limit", () => {
       await small.close()
     }
   })
+})
+
+describe("a caller that does not read its stream", () => {
+  it(
+    "is cut off once its unread output passes RELAY_MAX_BUFFERED_OUTPUT, and its task is cancelled (the publisher is told 410)",
+    async () => {
+      const small = await startBroker({ maxBufferedOutput: 256 * 1024 })
+      const publisher = new RawPublisher(small.url, await small.token("publisher"))
+      const controller = new AbortController()
+      try {
+        const client = await small.token("client")
+        const model = unique("firehose")
+        assert.strictEqual((await publisher.register([{ name: model, model: "m" }])).status, 200)
+        await publisher.connect()
+        const response = fetch(`${small.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${client}`, "content-type": "application/json" },
+          body: JSON.stringify({ model, stream: true, messages: [{ role: "user", content: "everything" }] }),
+          signal: controller.signal
+        })
+        const task = await publisher.nextTask()
+        assert.strictEqual((await publisher.post(task.taskId, "ack", { attempt: task.attempt })).status, 204)
+        const headers = await response // the body is never read
+        assert.strictEqual(headers.status, 200)
+        const megabyte = chunk("y".repeat(1024 * 1024))
+        let cancelled = false
+        for (let i = 0; i < 48 && !cancelled; i++) {
+          const posted = await publisher.post(task.taskId, "chunks", { attempt: task.attempt, chunks: [megabyte] })
+          cancelled = posted.status === 410
+          if (!cancelled) assert.strictEqual(posted.status, 204)
+        }
+        assert.isTrue(cancelled, "the publisher was told to stop (410 TaskCancelled)")
+        const stored = await fetch(`${small.url}/v1/tasks/${task.taskId}`, {
+          headers: { authorization: `Bearer ${client}` }
+        }).then((r) => r.json() as Promise<{ status: string; errorMessage: string }>)
+        assert.strictEqual(stored.status, "cancelled")
+        assert.match(stored.errorMessage, /RELAY_MAX_BUFFERED_OUTPUT/)
+      } finally {
+        controller.abort()
+        publisher.disconnect()
+        await small.close()
+      }
+    },
+    120_000
+  )
 })

@@ -53,7 +53,7 @@ import {
 import type { TaskStatus } from "../../src/domain/Task.js"
 import { Registry } from "../../src/registry/Registry.js"
 import { type SessionEvent, Signals } from "../../src/signals/Signals.js"
-import { TaskQueue } from "../../src/tasks/TaskQueue.js"
+import { type OutputOverflow, TaskQueue } from "../../src/tasks/TaskQueue.js"
 import { drain, live, queueLayer, tagOf } from "../support/tasks.js"
 
 const SESSIONS = ["cmd-session-0", "cmd-session-1"] as const
@@ -104,7 +104,7 @@ interface Model {
 interface Probe {
   readonly taskId: string
   readonly received: Array<string>
-  readonly reader: Fiber.RuntimeFiber<void>
+  readonly reader: Fiber.RuntimeFiber<void, OutputOverflow>
   readonly result: Fiber.RuntimeFiber<Either.Either<unknown, { readonly _tag: string; readonly status?: number }>>
   answered: boolean
 }

@@ -10,7 +10,7 @@ import { SqlClient } from "@effect/sql"
 import { assert, describe, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Fiber, Option, Queue, Stream, TestClock } from "effect"
 import { TaskQueue, type Waiter } from "../../src/tasks/TaskQueue.js"
-import { claimOne, enqueue, live, QueueTest, serve } from "../support/tasks.js"
+import { claimOne, enqueue, live, queueLayer, QueueTest, serve } from "../support/tasks.js"
 
 /** Reads a waiter's chunk stream into a queue, so a test can wait for the n next chunks. */
 const follow = (waiter: Waiter) =>
@@ -228,4 +228,33 @@ describe("every way a task ends reaches its waiter as a typed outcome", () => {
         assert.strictEqual(Either.isLeft(late) ? late.left._tag : "completed", ending.expected)
       }).pipe(Effect.provide(QueueTest), Effect.scoped, Effect.orDie))
   }
+})
+
+describe("a reader that stops reading", () => {
+  const SmallBuffer = queueLayer({ config: { maxBufferedOutput: 1000 } })
+
+  it.scoped("is cut off once its unread output passes RELAY_MAX_BUFFERED_OUTPUT; the task goes on; a reader that reads is not", () =>
+    Effect.gen(function*() {
+      const queue = yield* TaskQueue
+      const id = yield* streamingTask
+      const idle = yield* queue.waitFor(id, "1 hour")
+      const reading = yield* follow(yield* queue.waitFor(id, "1 hour"))
+      const piece = "x".repeat(300)
+      for (let i = 0; i < 3; i++) {
+        yield* queue.appendChunks("session-s", id, [piece], 1)
+        assert.deepStrictEqual(yield* reading.next(1), [piece])
+      }
+      // 900 bytes unread so far by the idle waiter; the next 300 pass the cap
+      yield* queue.appendChunks("session-s", id, [piece], 1)
+      assert.deepStrictEqual(yield* reading.next(1), [piece])
+      const cut = yield* live(Stream.runCollect(idle.chunks).pipe(Effect.either), "the idle reader to be cut")
+      assert.isTrue(Either.isLeft(cut) && cut.left._tag === "OutputOverflow")
+      assert.match(Either.isLeft(cut) ? cut.left.message : "", /RELAY_MAX_BUFFERED_OUTPUT/)
+      // the task is not the idle reader's to end: it completes, and the reader that read gets all of it
+      yield* queue.appendChunks("session-s", id, ["end"], 1)
+      yield* queue.complete("session-s", id, { status: 200 }, 1)
+      assert.deepStrictEqual(yield* reading.next(1), ["end"])
+      const done = yield* live(idle.result, "the idle waiter's result")
+      assert.strictEqual(done.status, "completed")
+    }).pipe(Effect.provide(SmallBuffer)))
 })

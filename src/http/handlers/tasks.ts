@@ -23,6 +23,8 @@ const updateEvent = (update: TaskUpdate): string => {
       return Sse.event("done", encodeTask(update.task))
     case "Gone":
       return Sse.event("error", JSON.stringify(wireError("TaskNotFound", `task '${update.taskId}' is gone`)))
+    case "Cut":
+      return Sse.event("error", JSON.stringify(wireError("RateLimited", update.message)))
   }
 }
 
