@@ -82,6 +82,8 @@ interface MTask {
   completedAt: number | null
   errorType: string | null
   responseStatus: number | null
+  /** Its request, response and output were erased (RELAY_BODY_RETENTION after it ended). */
+  erased?: boolean
 }
 
 interface Model {
@@ -456,12 +458,20 @@ const sweepCmd = command("sweep", () => true, (m) =>
     for (const t of old) m.tasks.delete(t.id)
     m.deleted += old.length
     if (old.length > 0) count("retention")
+    // prompts are private: a day after a task ended its output is gone (a waiter attaching later gets none)
+    const erased = ordered(m).filter((t) => terminal(t.status) && t.erased !== true && t.completedAt! < at - DAY)
+    for (const t of erased) {
+      t.erased = true
+      m.chunks.set(t.id, [])
+    }
+    if (erased.length > 0) count("erasure")
     assert.deepStrictEqual({ ...result, unresponsive: [...result.unresponsive].sort() }, {
       reverted: unacked.length,
       unresponsive,
       expired: expired.length,
       timedOut: timedOut.length,
-      deleted: old.length
+      deleted: old.length,
+      erased: erased.length
     }, "sweep counts")
   }))
 
@@ -528,7 +538,7 @@ const commandsArb = fc.commands([
     2
   ),
   // …and some time later: expiry and retention
-  fc.constantFrom(61 * MIN, 7 * DAY + 1).map((ms) => macro(`later(${ms} ms)`, advanceCmd(ms), sweepCmd)),
+  fc.constantFrom(61 * MIN, DAY + 1, 7 * DAY + 1).map((ms) => macro(`later(${ms} ms)`, advanceCmd(ms), sweepCmd)),
   session.map(crashCmd),
   ...weighted(session.map(rebindCmd), 2),
   fc.constantFrom(1, 10 * SEC, 31 * SEC, 10 * MIN, 31 * MIN, 61 * MIN, 7 * DAY + 1).map(advanceCmd),
@@ -628,6 +638,7 @@ layer(QueueForCommands, { timeout: 180_000 })("task lifecycle, model-based", (it
           "Timeout",
           "Expired",
           "retention",
+          "erasure",
           "recovery"
         ]
       ) {
