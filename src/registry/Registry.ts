@@ -341,8 +341,8 @@ export const make: Effect.Effect<RegistryShape, never, Requires> = Effect.gen(fu
   const sharePool = Effect.fn("Registry.sharePool")(function*(name: string, shared: boolean) {
     const updated = yield* repo.setShared(name, shared, yield* now)
     if (Option.isNone(updated)) return yield* new ModelNotFound({ message: `no pool '${name.slice(0, 200)}'` })
-    const found = (yield* repo.pools).find((p) => p.name === name)
-    return poolView(found ?? { ...updated.value, members: [] })
+    const found = yield* repo.pool(name)
+    return poolView(Option.getOrElse(found, () => ({ ...updated.value, members: [] })))
   })
 
   const deleteByName = Effect.fn("Registry.deleteByName")(function*(name: string) {

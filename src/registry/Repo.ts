@@ -71,6 +71,8 @@ export interface RegistryRepoShape {
   readonly countOwnedExcept: (principalId: string, names: ReadonlyArray<string>) => Effect.Effect<number>
   /** Every pool with its members' names, by name. */
   readonly pools: Effect.Effect<ReadonlyArray<PoolWithMembers>>
+  /** One pool with its members' names. */
+  readonly pool: (name: string) => Effect.Effect<Option.Option<PoolWithMembers>>
   readonly deactivateUnlisted: (
     sessionId: string,
     keep: ReadonlyArray<string>,
@@ -260,15 +262,17 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
   const setShared = (name: string, shared: boolean, now: Date) => Effect.orDie(setSharedRow({ name, shared, now }))
 
   const poolRows = SqlSchema.findAll({
-    Request: Schema.Void,
+    Request: Schema.NullOr(Schema.String),
     Result: PoolWithMembers,
-    execute: () =>
+    execute: (name) =>
       sql`
       SELECT p.*, COALESCE(array_agg(l.name ORDER BY l.name) FILTER (WHERE l.name IS NOT NULL), '{}') AS members
       FROM llm_relay.pools p LEFT JOIN llm_relay.llms l ON l.pool = p.name
+      ${name === null ? sql`` : sql`WHERE p.name = ${name}`}
       GROUP BY p.name ORDER BY p.name`
   })
-  const pools = Effect.orDie(poolRows(undefined))
+  const pools = Effect.orDie(poolRows(null))
+  const pool = (name: string) => Effect.map(Effect.orDie(poolRows(name)), (rows) => Option.fromNullable(rows[0]))
 
   const countOwned = SqlSchema.single({
     Request: Schema.Struct({ principalId: Schema.String, names: Schema.Array(Schema.String) }),
@@ -505,6 +509,7 @@ export const make: Effect.Effect<RegistryRepoShape, never, SqlClient.SqlClient> 
     ensurePool,
     setShared,
     pools,
+    pool,
     countOwnedExcept,
     deactivateUnlisted,
     heartbeat,

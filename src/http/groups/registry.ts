@@ -2,6 +2,7 @@ import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema } from "@effect/platform"
 import { Schema } from "effect"
 import { Llm, LlmName, Pool } from "../../domain/Llm.js"
 import { AdminAuthorization, Authorization } from "../Auth.js"
+import { limitParam } from "./params.js"
 import { storable } from "./storable.js"
 
 export const CreatePublicLlm = Schema.Struct({
@@ -21,17 +22,9 @@ export const CreatePublicLlm = Schema.Struct({
   description: Schema.optionalWith(Schema.String, { default: () => "" })
 })
 
-const blank = Schema.Literal("")
-
 /** `?limit=&cursor=`: rows by name, a page at a time. */
 export const LlmListParams = Schema.Struct({
-  limit: Schema.optionalWith(
-    Schema.Union(
-      blank,
-      Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 1000, { message: () => "limit must be 1-1000" }))
-    ),
-    { default: () => 500 }
-  ),
+  limit: limitParam(1000, 500),
   cursor: Schema.optional(Schema.String)
 })
 

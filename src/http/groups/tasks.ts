@@ -2,6 +2,7 @@ import { HttpApiEndpoint, HttpApiGroup } from "@effect/platform"
 import { Schema } from "effect"
 import { Task, TaskPath, TaskStatus } from "../../domain/Task.js"
 import { ClientAuthorization } from "../Auth.js"
+import { blank, limitParam } from "./params.js"
 import { storable } from "./storable.js"
 
 export const CreateTaskRequest = Schema.Struct({
@@ -17,19 +18,10 @@ export const CreateTaskRequest = Schema.Struct({
 
 const IdPath = storable(Schema.Struct({ id: Schema.String }))
 
-/** An empty query parameter (`?status=`) is as good as an absent one. */
-const blank = Schema.Literal("")
-
 export const ListParams = Schema.Struct({
   status: Schema.optional(Schema.Union(blank, TaskStatus)),
   agentId: Schema.optional(Schema.String),
-  limit: Schema.optionalWith(
-    Schema.Union(
-      blank,
-      Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 500, { message: () => "limit must be 1-500" }))
-    ),
-    { default: () => 50 }
-  ),
+  limit: limitParam(500, 50),
   cursor: Schema.optional(Schema.String)
 })
 

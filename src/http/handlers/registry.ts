@@ -11,7 +11,7 @@ export const RegistryLive = HttpApiBuilder.group(RelayApi, "registry", (handlers
       .handle("list", ({ urlParams }) =>
         Effect.flatMap(CurrentPrincipal, (principal) =>
           registry.page(principal, {
-            limit: urlParams.limit === "" ? 500 : urlParams.limit,
+            limit: urlParams.limit,
             cursor: urlParams.cursor
           })))
       .handle("pools", () => Effect.map(registry.pools, (data) => ({ data })))

@@ -65,7 +65,7 @@ export const TasksLive = HttpApiBuilder.group(RelayApi, "tasks", (handlers) =>
             ...(urlParams.status !== undefined && urlParams.status !== "" ? { status: urlParams.status } : {}),
             ...(urlParams.agentId !== undefined && urlParams.agentId !== "" ? { agentId: urlParams.agentId } : {}),
             ...(urlParams.cursor !== undefined && urlParams.cursor !== "" ? { cursor: urlParams.cursor } : {}),
-            limit: urlParams.limit === "" ? 50 : urlParams.limit
+            limit: urlParams.limit
           })))
       .handle("get", ({ path }) =>
         Effect.flatMap(CurrentPrincipal, (principal) => relay.get(principal, TaskId.make(path.id))))
